@@ -1,0 +1,41 @@
+"""Vereda's web application: `python app.py` serves it with the scheduler; gunicorn 'app:create_app()'."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from bot.config import Settings
+from bot.runtime import Runtime, build
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
+    """The Flask app for `settings` (default: from the environment)."""
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = Flask(__name__)
+    app.extensions["vereda"] = runtime or build(settings)
+
+    from bot.web import health, webhooks
+
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(health.bp)
+    return app
+
+
+def main() -> None:
+    """Serve on HOST:PORT with the dispatcher and, unless VEREDA_SCHEDULER=off, the scheduler."""
+    settings = Settings.from_env()
+    app = create_app(settings)
+    runtime: Runtime = app.extensions["vereda"]
+    runtime.dispatcher.ensure_started()
+    if settings.scheduler:
+        from scheduler import start_scheduler
+
+        start_scheduler(runtime)
+    app.run(host=settings.host, port=settings.port, debug=False, use_reloader=False, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Vereda: micro-learning over SMS, WhatsApp and Telegram."""

@@ -1,0 +1,1 @@
+"""One module per provider behind the small interface of base.py."""

@@ -1,0 +1,134 @@
+"""SMS and WhatsApp through Twilio: signature check, inbound parsing and sending with the REST client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.request_validator import RequestValidator, get_signature_algorithm
+from twilio.rest import Client
+
+from bot.channels.base import Outgoing, Rendered, SendResult, numbered, split_text
+from bot.config import Settings
+
+# Twilio's client logs every request's parameters (numbers and bodies) at INFO: keep it quieter.
+logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+
+BODY_LIMIT = 1600  # Twilio rejects longer bodies (error 21617)
+OPT_OUT_CODES = {"21610", "63014"}  # unsubscribed (STOP) / blocked on WhatsApp
+INVALID_CODES = {"21211", "21614", "30005", "30006", "63024"}
+RETRY_CODES = {"20429", "30008", "63018"}
+
+
+class BadRequest(ValueError):
+    """An inbound request we refuse with 400 and this reason."""
+
+
+@dataclass(frozen=True)
+class TwilioInbound:
+    channel: str  # sms or whatsapp
+    message_sid: str
+    address: str  # the From as given, e.g. "whatsapp:+5215512345678"
+    to: str
+    text: str
+    media_count: int
+    button_payload: str | None
+    profile_name: str | None
+
+
+def signature_is_valid(settings: Settings, url: str, form: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+    """Whether `X-Twilio-Signature` signs this URL and form with the account's auth token."""
+    signature = headers.get("X-Twilio-Signature")
+    if not signature or not settings.twilio_auth_token:
+        return False
+    algorithm = get_signature_algorithm(headers.get("X-Twilio-Webhooks-Signature-Settings"))
+    return RequestValidator(settings.twilio_auth_token).validate(url, form, signature, algorithm)
+
+
+def public_url(settings: Settings, request_url: str, path: str, query: str) -> str:
+    """The URL Twilio signed: PUBLIC_BASE_URL plus the path when set (behind proxies), else as received."""
+    if not settings.public_base_url:
+        return request_url
+    return f"{settings.public_base_url}{path}" + (f"?{query}" if query else "")
+
+
+def parse_inbound(form: Mapping[str, str]) -> TwilioInbound:
+    """A Twilio inbound message webhook, or BadRequest naming what is missing."""
+    sid = (form.get("MessageSid") or form.get("SmsMessageSid") or "").strip()
+    sender = (form.get("From") or "").strip()
+    missing = [name for name, value in (("From", sender), ("MessageSid", sid)) if not value]
+    if missing:
+        raise BadRequest(f"missing {' and '.join(missing)}")
+    channel = "whatsapp" if sender.lower().startswith("whatsapp:") else "sms"
+    try:
+        media_count = int(form.get("NumMedia") or 0)
+    except ValueError:
+        raise BadRequest("NumMedia is not a number") from None
+    return TwilioInbound(
+        channel=channel,
+        message_sid=sid[:64],
+        address=sender,
+        to=(form.get("To") or "").strip(),
+        text=form.get("Body") or "",
+        media_count=media_count + (1 if form.get("Latitude") else 0),
+        button_payload=form.get("ButtonPayload") or None,
+        profile_name=form.get("ProfileName") or None,
+    )
+
+
+class TwilioSender:
+    """Sends outbox rows with the real twilio REST client (TWILIO_API_BASE_URL honoured)."""
+
+    channels = ("sms", "whatsapp")
+
+    def __init__(self, settings: Settings, timeout: float = 10.0) -> None:
+        self.settings = settings
+        self.client = Client(
+            settings.twilio_account_sid, settings.twilio_auth_token,
+            http_client=TwilioHttpClient(timeout=timeout),
+        )
+        # The SDK builds every Messages URL from this domain's base_url.
+        self.client.api.base_url = settings.twilio_api_base_url
+
+    def render(self, channel: str, text: str, choices: tuple[str, ...]) -> list[Rendered]:
+        # System texts arrive GSM-7-friendly already (messages.say); lesson text is as its author wrote it.
+        body = numbered(text, choices)
+        return [Rendered(piece) for piece in split_text(body, BODY_LIMIT)]
+
+    def sender_for(self, message: Outgoing) -> dict[str, str]:
+        if message.channel == "whatsapp":
+            origin = self.settings.twilio_whatsapp_from or message.from_address
+            return {"from_": origin} if origin else {}
+        if self.settings.twilio_messaging_service_sid:
+            return {"messaging_service_sid": self.settings.twilio_messaging_service_sid}
+        origin = self.settings.twilio_sms_from or message.from_address
+        return {"from_": origin} if origin else {}
+
+    def send(self, message: Outgoing) -> SendResult:
+        origin = self.sender_for(message)
+        if not origin:
+            return SendResult(False, error_code="config", error_message=f"no {message.channel} sender set")
+        extra = {"status_callback": message.status_callback} if message.status_callback else {}
+        try:
+            sent = self.client.messages.create(to=message.to_address, body=message.body, **origin, **extra)
+        except TwilioRestException as error:
+            return classify(error)
+        except Exception as error:  # timeouts, refused connections, broken responses: try again later
+            return SendResult(False, error_code="network", error_message=type(error).__name__, retry=True)
+        return SendResult(True, provider_id=sent.sid)
+
+
+def classify(error: TwilioRestException) -> SendResult:
+    """What a Twilio API error means for the message and the learner."""
+    code = str(error.code) if error.code else None
+    message = (error.msg or "")[:200]
+    if code in OPT_OUT_CODES:
+        return SendResult(False, error_code=code, error_message=message, opt_out=True)
+    if code in INVALID_CODES:
+        return SendResult(False, error_code=code, error_message=message, invalid_address=True)
+    if error.status == 429 or error.status >= 500 or code in RETRY_CODES:
+        return SendResult(False, error_code=code or str(error.status), error_message=message, retry=True)
+    return SendResult(False, error_code=code or str(error.status), error_message=message)

@@ -1,0 +1,158 @@
+"""The `vereda` console script: operator commands."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from datetime import UTC, datetime
+
+import click
+
+from bot.config import ConfigError, Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _runtime(settings: Settings, senders=None):  # type: ignore[no-untyped-def]
+    import logging
+
+    from bot.runtime import build
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s %(message)s")
+    return build(settings, senders)
+
+
+def _parse_now(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 time", param_hint="--now") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@click.group()
+def main() -> None:
+    """Vereda: micro-learning over SMS, WhatsApp and Telegram."""
+
+
+@main.group()
+def lessons() -> None:
+    """Course files."""
+
+
+@lessons.command("check")
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+def lessons_check(directory: str | None) -> None:
+    """Validate every course in DIRECTORY (default LESSONS_DIR) and report SMS cost per lesson."""
+    from pathlib import Path
+
+    from bot.catalog import load_catalog, sms_report
+
+    folder = directory or _settings().lessons_dir
+    if not Path(folder).is_dir():
+        raise click.ClickException(f"{folder}: no such folder")
+    catalog, problems = load_catalog(folder)
+    for course in catalog.courses:
+        click.echo(f"{course.id}: {len(course.lessons)} lesson(s), "
+                   f"{sum(len(lesson.quiz) for lesson in course.lessons)} question(s)")
+        for line in sms_report(course):
+            click.echo(f"  {line}")
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    if problems:
+        click.echo(f"{len(problems)} problem(s)", err=True)
+        sys.exit(1)
+    if not catalog.courses:
+        click.echo(f"{folder}: no courses found", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {len(catalog.courses)} course(s)")
+
+
+@main.command()
+@click.option("--channel", type=click.Choice(["sms", "whatsapp", "telegram"]), default="sms", show_default=True)
+@click.option("--address", help="the learner's phone number (E.164) or Telegram chat id")
+def chat(channel: str, address: str | None) -> None:
+    """Talk to the bot in the terminal as a learner; no provider needed. End with Ctrl-D."""
+    from bot.channels.console import ConsoleSender
+    from bot.dispatcher import utcnow
+    from bot.identity import BadAddress
+    from bot.outbox import Outbox
+    from bot.services import Envelope, receive
+
+    interactive = sys.stdin.isatty()
+    console = ConsoleSender(lambda body: click.echo(f"\nvereda> {body.replace(chr(10), chr(10) + '        ')}"))
+    runtime = _runtime(_settings(), senders={"console": console})
+    outbox = Outbox(runtime.factory, {"console": console})
+    if address is None:
+        address = "1000001" if channel == "telegram" else "+15555550100"  # a fictional number (555-01xx)
+    if channel == "whatsapp" and not address.startswith("whatsapp:"):
+        address = f"whatsapp:{address}"
+    chat_id: int | None = None
+    if channel == "telegram":
+        if not address.lstrip("-").isdigit():
+            raise click.BadParameter("a Telegram chat id is a number", param_hint="--address")
+        chat_id = int(address)
+    if interactive:
+        click.echo(f"Vereda chat on {channel} as {address}. Write 'hola' to start; Ctrl-D to leave.")
+    while True:
+        try:
+            line = input("\ntú> " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not interactive:
+            click.echo(f"\ntú> {line}")
+        envelope = Envelope(channel=channel, provider_id=f"chat-{uuid.uuid4().hex}", address=address, text=line,
+                            telegram_chat_id=chat_id)
+        try:
+            receive(runtime.factory, envelope, runtime.context(utcnow()), runtime.senders, transport="console")
+        except BadAddress as error:
+            raise click.BadParameter(str(error), param_hint="--address") from None
+        outbox.dispatch(utcnow)
+    click.echo("")
+
+
+@main.command("tick")
+@click.option("--now", "now_text", help="ISO-8601 time to act as of (default: now)")
+@click.option("--budget", type=float, default=50.0, show_default=True, help="seconds to keep dispatching")
+def tick_command(now_text: str | None, budget: float) -> None:
+    """One scheduler pass: plan due lessons, then dispatch the outbox until nothing is due."""
+    from scheduler import tick
+
+    now = _parse_now(now_text)
+    runtime = _runtime(_settings())
+    report = tick(runtime, now=now, budget=budget)
+    click.echo(str(report))
+
+
+@main.command()
+def worker() -> None:
+    """Run the scheduler and dispatcher without the web server (one or many processes)."""
+    import signal
+    import threading
+
+    from scheduler import start_scheduler
+
+    runtime = _runtime(_settings())
+    runtime.dispatcher.ensure_started()
+    scheduler = start_scheduler(runtime)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo("worker running; Ctrl-C or SIGTERM stops it")
+    try:
+        while not stop.wait(1):
+            runtime.dispatcher.wake()
+    except KeyboardInterrupt:
+        pass
+    scheduler.shutdown(wait=False)
+    runtime.dispatcher.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The in-process sender: a thread that empties the outbox as soon as something is queued."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from bot.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Dispatcher:
+    """Sends due outbox rows within about a second of `wake()`; one thread per process (fork-safe)."""
+
+    def __init__(self, outbox: Outbox, clock: Callable[[], datetime] = utcnow, idle_seconds: float = 1.0):
+        self.outbox, self.clock, self.idle = outbox, clock, idle_seconds
+        self._event = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        """Start the thread in this process if it is not running (after a fork it is not)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="vereda-dispatcher", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        self.ensure_started()
+        self._event.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        recovered_at = 0.0
+        while not self._stop.is_set():
+            self._event.clear()
+            try:
+                monotonic = time.monotonic()
+                if monotonic - recovered_at > 30:
+                    self.outbox.recover(self.clock())
+                    recovered_at = monotonic
+                self.outbox.dispatch(self.clock)
+            except Exception:  # the database or a sender failed unexpectedly: log, wait, go on
+                log.exception("dispatcher pass failed")
+            self._event.wait(self.idle)

@@ -1,0 +1,163 @@
+"""System messages in every language, and their GSM-7-friendly form for SMS."""
+
+from __future__ import annotations
+
+LANGUAGES = ("es", "en")
+
+TEXTS: dict[str, dict[str, str]] = {
+    "welcome": {
+        "es": "¡Hola! Soy Vereda: cursos cortos por mensaje, una lección al día. "
+        "Elige un curso respondiendo con su número (EN: English):",
+        "en": "Hi! I'm Vereda: short courses by message, one lesson a day. "
+        "Choose a course by replying with its number (ES: español):",
+    },
+    "menu": {"es": "Cursos disponibles:", "en": "Available courses:"},
+    "no_courses": {
+        "es": "Por ahora no hay cursos disponibles. Vuelve a escribir más tarde.",
+        "en": "There are no courses available right now. Please write again later.",
+    },
+    "help": {
+        "es": "Comandos: SIGUIENTE (próxima lección), ESTADO (tu progreso), CURSOS (menú), "
+        "PAUSA / SEGUIR (lecciones diarias), EN (English), BORRAR (borrar tus datos), "
+        "BAJA (no recibir más mensajes).",
+        "en": "Commands: NEXT (next lesson), STATUS (your progress), COURSES (menu), "
+        "PAUSE / RESUME (daily lessons), ES (español), DELETE (erase your data), "
+        "STOP (no more messages).",
+    },
+    "enrolled": {
+        "es": "Te inscribiste en «{course}». Aquí va la lección 1 de {total}.",
+        "en": "You enrolled in “{course}”. Here is lesson 1 of {total}.",
+    },
+    "already_enrolled": {
+        "es": "Ya estás en «{course}» (lección {position} de {total}).",
+        "en": "You are already in “{course}” (lesson {position} of {total}).",
+    },
+    "course_done_already": {
+        "es": "Ya terminaste «{course}» con {percent}%. Escribe CURSOS para ver otros.",
+        "en": "You already finished “{course}” with {percent}%. Send COURSES to see others.",
+    },
+    "channel_unavailable": {
+        "es": "Ese curso no está disponible en este canal.",
+        "en": "That course is not available on this channel.",
+    },
+    "question": {"es": "Pregunta {n} de {total}: {ask}", "en": "Question {n} of {total}: {ask}"},
+    "answer_hint": {
+        "es": "Responde con el número de tu respuesta.",
+        "en": "Reply with the number of your answer.",
+    },
+    "reask": {
+        "es": "No reconocí tu respuesta. Responde con el número (1-{count}) o la letra de una opción.",
+        "en": "I did not recognise your answer. Reply with the number (1-{count}) or letter of an option.",
+    },
+    "reask_again": {
+        "es": "Responde 1-{count}, o escribe AYUDA.",
+        "en": "Reply 1-{count}, or send HELP.",
+    },
+    "media_only": {
+        "es": "Recibí tu archivo, pero solo puedo leer texto.",
+        "en": "I got your file, but I can only read text.",
+    },
+    "right": {"es": "¡Correcto!", "en": "Correct!"},
+    "wrong": {"es": "No es correcto. La respuesta es: {answer}.", "en": "Not quite. The answer is: {answer}."},
+    "lesson_score": {
+        "es": "Lección {n} terminada: {right} de {total} correctas.",
+        "en": "Lesson {n} done: {right} of {total} right.",
+    },
+    "lesson_done": {"es": "Lección {n} terminada.", "en": "Lesson {n} done."},
+    "next_at": {
+        "es": "La próxima lección llega {when}. Escribe SIGUIENTE para recibirla ahora.",
+        "en": "The next lesson comes {when}. Send NEXT to get it now.",
+    },
+    "course_passed": {
+        "es": "¡Terminaste «{course}»! Resultado: {percent}% ({right} de {total}). Aprobado "
+        "(mínimo {mark}%). Escribe CURSOS para ver otros cursos.",
+        "en": "You finished “{course}”! Score: {percent}% ({right} of {total}). Passed "
+        "(pass mark {mark}%). Send COURSES to see other courses.",
+    },
+    "course_failed": {
+        "es": "Terminaste «{course}». Resultado: {percent}% ({right} de {total}). No aprobado "
+        "(mínimo {mark}%). Escribe CURSOS para ver otros cursos.",
+        "en": "You finished “{course}”. Score: {percent}% ({right} of {total}). Not passed "
+        "(pass mark {mark}%). Send COURSES to see other courses.",
+    },
+    "finish_quiz_first": {
+        "es": "Primero responde la pregunta pendiente:",
+        "en": "First answer the open question:",
+    },
+    "nothing_enrolled": {
+        "es": "Aún no estás en ningún curso.",
+        "en": "You are not in any course yet.",
+    },
+    "not_understood": {
+        "es": "No entendí. Escribe SIGUIENTE para la próxima lección, ESTADO para tu progreso o AYUDA.",
+        "en": "I did not understand. Send NEXT for the next lesson, STATUS for your progress or HELP.",
+    },
+    "status_line": {
+        "es": "«{course}»: lección {position} de {total}, {right} de {answered} correctas{state}.",
+        "en": "“{course}”: lesson {position} of {total}, {right} of {answered} right{state}.",
+    },
+    "state_paused": {"es": " (en pausa)", "en": " (paused)"},
+    "state_finished": {"es": " (terminado)", "en": " (finished)"},
+    "paused": {
+        "es": "Lecciones diarias en pausa. Escribe SEGUIR para continuar.",
+        "en": "Daily lessons paused. Send RESUME to continue.",
+    },
+    "resumed": {
+        "es": "Lecciones diarias activadas de nuevo.",
+        "en": "Daily lessons are back on.",
+    },
+    "language_ask": {
+        "es": "Elige tu idioma / Choose your language:",
+        "en": "Choose your language / Elige tu idioma:",
+    },
+    "language_set": {"es": "Listo: te escribiré en español.", "en": "Done: I will write in English."},
+    "delete_ask": {
+        "es": "¿Borrar todos tus datos (progreso, respuestas y mensajes)? Responde SI para confirmar. "
+        "Cualquier otra respuesta cancela.",
+        "en": "Erase all your data (progress, answers and messages)? Reply YES to confirm. "
+        "Any other reply cancels.",
+    },
+    "delete_done": {
+        "es": "Tus datos fueron borrados. Si vuelves a escribir, empezarás de cero.",
+        "en": "Your data has been erased. If you write again, you will start from scratch.",
+    },
+    "delete_cancelled": {"es": "No se borró nada.", "en": "Nothing was erased."},
+    "welcome_back": {
+        "es": "Volviste a activar los mensajes de Vereda.",
+        "en": "Vereda messages are on again.",
+    },
+    "today": {"es": "hoy a las {time}", "en": "today at {time}"},
+    "tomorrow": {"es": "mañana a las {time}", "en": "tomorrow at {time}"},
+    "weekday": {"es": "el {day} a las {time}", "en": "on {day} at {time}"},
+}
+
+WEEKDAY_NAMES = {
+    "es": ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"),
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+}
+
+# Characters outside GSM 03.38 with a plain GSM-7 stand-in. One of them in an SMS turns the whole
+# message into UCS-2 (70 characters a segment instead of 160), so system texts avoid them on SMS.
+_GSM_STAND_INS = str.maketrans({
+    "á": "a", "í": "i", "ó": "o", "ú": "u", "Á": "A", "Í": "I", "Ó": "O", "Ú": "U",
+    "â": "a", "ê": "e", "ô": "o", "ç": "c", "ã": "a", "õ": "o", "ï": "i",
+    "«": '"', "»": '"', "“": '"', "”": '"', "„": '"', "‘": "'", "’": "'",
+    "–": "-", "—": "-", "…": "...", "\u00a0": " ",
+})
+
+
+def gsm_friendly(text: str) -> str:
+    """`text` with common non-GSM characters replaced by their GSM-7 stand-ins."""
+    return text.translate(_GSM_STAND_INS)
+
+
+def say(key: str, language: str, channel: str = "", **values: object) -> str:
+    """The system message `key` in `language` (falls back to Spanish), GSM-7-friendly on SMS.
+
+    Only our own wording is made GSM-friendly; `values` (course titles, questions) stay as authored.
+    """
+    texts = TEXTS[key]
+    text = texts.get(language) or texts["es"]
+    if channel == "sms":
+        text = gsm_friendly(text)
+    return text.format(**values) if values else text

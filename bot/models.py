@@ -1,0 +1,201 @@
+"""SQLAlchemy 2 typed models: learners, enrolments, answers, inbound ids and the outbox."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps them naive on disk)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; Vereda stores UTC-aware times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class Learner(Base):
+    __tablename__ = "learners"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phone: Mapped[str | None] = mapped_column(String(20), unique=True)  # E.164
+    telegram_chat_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    language: Mapped[str] = mapped_column(String(8), default="es")
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    preferred_hour: Mapped[int | None] = mapped_column(SmallInteger)
+    opted_out_at: Mapped[datetime | None]
+    current_course: Mapped[str | None] = mapped_column(String(64))
+    pending: Mapped[str | None] = mapped_column(String(16))  # a question we asked: delete, language, menu
+    reasks: Mapped[int] = mapped_column(SmallInteger, default=0)
+    created_at: Mapped[datetime]
+
+    addresses: Mapped[list[LearnerAddress]] = relationship(
+        back_populates="learner", cascade="all, delete-orphan", passive_deletes=True
+    )
+    enrolments: Mapped[list[Enrolment]] = relationship(
+        back_populates="learner", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def opted_out(self) -> bool:
+        return self.opted_out_at is not None
+
+
+class LearnerAddress(Base):
+    """Where a learner writes from on one channel, and when they last did (WhatsApp's 24 h window)."""
+
+    __tablename__ = "learner_addresses"
+    __table_args__ = (UniqueConstraint("channel", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    learner_id: Mapped[int] = mapped_column(ForeignKey("learners.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(64))
+    last_inbound_at: Mapped[datetime | None]
+
+    learner: Mapped[Learner] = relationship(back_populates="addresses")
+
+
+class Enrolment(Base):
+    __tablename__ = "enrolments"
+    __table_args__ = (
+        UniqueConstraint("learner_id", "course_id"),
+        Index("ix_enrolments_due", "state", "next_due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    learner_id: Mapped[int] = mapped_column(ForeignKey("learners.id", ondelete="CASCADE"))
+    course_id: Mapped[str] = mapped_column(String(64), index=True)
+    channel: Mapped[str] = mapped_column(String(16))  # where lessons go
+    position: Mapped[int] = mapped_column(Integer, default=0)  # index of the lesson delivered last
+    question: Mapped[int | None] = mapped_column(SmallInteger)  # index of the question awaiting an answer
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active, paused, finished
+    next_due_at: Mapped[datetime | None]
+    reminders: Mapped[int] = mapped_column(SmallInteger, default=0)
+    enrolled_at: Mapped[datetime]
+    lesson_sent_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    learner: Mapped[Learner] = relationship(back_populates="enrolments")
+    answers: Mapped[list[Answer]] = relationship(
+        back_populates="enrolment", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Answer(Base):
+    """The first graded answer to one quiz question; the unique key makes grading happen once."""
+
+    __tablename__ = "answers"
+    __table_args__ = (UniqueConstraint("enrolment_id", "lesson", "question"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrolment_id: Mapped[int] = mapped_column(ForeignKey("enrolments.id", ondelete="CASCADE"))
+    lesson: Mapped[int] = mapped_column(Integer)
+    question: Mapped[int] = mapped_column(SmallInteger)
+    choice: Mapped[int] = mapped_column(SmallInteger)
+    correct: Mapped[bool] = mapped_column(Boolean)
+    answered_at: Mapped[datetime]
+
+    enrolment: Mapped[Enrolment] = relationship(back_populates="answers")
+
+
+class InboundMessage(Base):
+    """Every provider message id, stored once: two identical requests racing produce one effect."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (UniqueConstraint("channel", "provider_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    provider_id: Mapped[str] = mapped_column(String(64))
+    learner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("learners.id", ondelete="SET NULL"), index=True
+    )
+    body: Mapped[str | None] = mapped_column(Text)  # as given; None once the learner erased their data
+    media_count: Mapped[int] = mapped_column(SmallInteger, default=0)
+    received_at: Mapped[datetime]
+
+
+class OutboundMessage(Base):
+    """The outbox: one row per message to send, whatever its kind, with its delivery state."""
+
+    __tablename__ = "outbound_messages"
+    __table_args__ = (Index("ix_outbound_due", "status", "priority", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    learner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("learners.id", ondelete="CASCADE"), index=True
+    )
+    channel: Mapped[str] = mapped_column(String(16))  # sms, whatsapp, telegram, console
+    to_address: Mapped[str] = mapped_column(String(64))
+    from_address: Mapped[str | None] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    choices: Mapped[list[str] | None] = mapped_column(JSON)
+    kind: Mapped[str] = mapped_column(String(16))  # reply, lesson, reminder, broadcast
+    priority: Mapped[int] = mapped_column(SmallInteger, default=0)  # lower goes first: replies 0, bulk 10
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(SmallInteger, default=0)
+    next_attempt_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]
+    claim_token: Mapped[str | None] = mapped_column(String(36), index=True)
+    provider_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    error_message: Mapped[str | None] = mapped_column(String(255))
+    erase_after_send: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    events: Mapped[list[MessageEvent]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="MessageEvent.id",
+    )
+
+
+class MessageEvent(Base):
+    """Status history of an outbound message: every attempt and every callback, in arrival order."""
+
+    __tablename__ = "message_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("outbound_messages.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(String(255))
+    at: Mapped[datetime]
+
+    message: Mapped[OutboundMessage] = relationship(back_populates="events")

@@ -1,0 +1,182 @@
+"""Use cases: each owns its transaction and receives what it needs (session factory, catalog, now…)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import conversation as conv
+from bot.channels.base import Sender
+from bot.db import transaction
+from bot.identity import e164, mask, zone_for
+from bot.models import Answer, Enrolment, InboundMessage, Learner, LearnerAddress, OutboundMessage
+from bot.outbox import enqueue, opt_out
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An inbound message once its channel module has verified and parsed it."""
+
+    channel: str  # sms, whatsapp, telegram
+    provider_id: str  # MessageSid, update_id …: processed once
+    address: str  # where replies go, exactly as the learner wrote from
+    text: str = ""
+    media_count: int = 0
+    choice: int | None = None
+    course_start: str | None = None
+    to: str | None = None  # our own address the learner wrote to
+    telegram_chat_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Received:
+    duplicate: bool
+    replies: int = 0
+
+
+def _learner_key(envelope: Envelope) -> dict[str, object]:
+    if envelope.channel == "telegram":
+        return {"telegram_chat_id": envelope.telegram_chat_id}
+    return {"phone": e164(envelope.address)}
+
+
+def _find_or_create_learner(session: Session, envelope: Envelope, now: datetime) -> tuple[Learner, bool]:
+    key = _learner_key(envelope)
+    column, value = next(iter(key.items()))
+    query = select(Learner).where(getattr(Learner, column) == value).with_for_update()
+    learner = session.scalars(query).first()
+    if learner is not None:
+        return learner, False
+    try:
+        with session.begin_nested():
+            phone = key.get("phone")
+            learner = Learner(**key, language="es", reasks=0, created_at=now,
+                              timezone=zone_for(phone) if isinstance(phone, str) else None)
+            session.add(learner)
+        return learner, True
+    except IntegrityError:  # the same new person wrote twice at once: the other request created them
+        return session.scalars(query).one(), False
+
+
+def _touch_address(session: Session, learner: Learner, envelope: Envelope, now: datetime) -> None:
+    found = session.scalars(select(LearnerAddress).where(
+        LearnerAddress.channel == envelope.channel, LearnerAddress.address == envelope.address)).first()
+    if found is None:
+        session.add(LearnerAddress(learner_id=learner.id, channel=envelope.channel, address=envelope.address,
+                                   last_inbound_at=now))
+    else:
+        found.last_inbound_at = now
+
+
+def load_state(session: Session, learner: Learner, is_new: bool) -> conv.LearnerState:
+    enrolments = {}
+    for enrolment in learner.enrolments:
+        answers = {(a.lesson, a.question): a.correct for a in session.scalars(
+            select(Answer).where(Answer.enrolment_id == enrolment.id))}
+        enrolments[enrolment.course_id] = conv.EnrolmentState(
+            course_id=enrolment.course_id, channel=enrolment.channel, position=enrolment.position,
+            question=enrolment.question, state=enrolment.state, next_due_at=enrolment.next_due_at,
+            reminders=enrolment.reminders, answers=answers,
+        )
+    return conv.LearnerState(
+        language=learner.language, timezone=learner.timezone, preferred_hour=learner.preferred_hour,
+        opted_out=learner.opted_out, pending=learner.pending, reasks=learner.reasks,
+        current_course=learner.current_course, enrolments=enrolments, is_new=is_new,
+    )
+
+
+def save_state(session: Session, learner: Learner, state: conv.LearnerState, effects: conv.Effects,
+           now: datetime) -> None:
+    learner.language, learner.pending, learner.reasks = state.language, state.pending, state.reasks
+    learner.current_course = state.current_course
+    if effects.opted_in:
+        learner.opted_out_at = None
+    by_course = {e.course_id: e for e in learner.enrolments}
+    for course_id, es in state.enrolments.items():
+        row = by_course.get(course_id)
+        if row is None:
+            row = Enrolment(learner_id=learner.id, course_id=course_id, enrolled_at=now)
+            session.add(row)
+            by_course[course_id] = row
+        row.channel, row.position, row.question, row.state = es.channel, es.position, es.question, es.state
+        row.next_due_at, row.reminders = es.next_due_at, es.reminders
+        if es.lesson_sent:
+            row.lesson_sent_at = now
+        if es.state == "finished" and row.finished_at is None:
+            row.finished_at = now
+    session.flush()
+    for graded in effects.graded:
+        session.add(Answer(enrolment_id=by_course[graded.course_id].id, lesson=graded.lesson,
+                           question=graded.question, choice=graded.choice, correct=graded.correct,
+                           answered_at=now))
+    if effects.opted_out:
+        opt_out(session, learner.id, now)
+
+
+def erase_learner(session: Session, learner_id: int) -> None:
+    """Erase a learner for real: profile, enrolments, answers, message texts and outbox rows."""
+    session.execute(update(InboundMessage).where(InboundMessage.learner_id == learner_id)
+                    .values(body=None, learner_id=None))
+    session.execute(delete(OutboundMessage).where(OutboundMessage.learner_id == learner_id))
+    session.execute(delete(Learner).where(Learner.id == learner_id))
+
+
+def receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Context,
+            senders: dict[str, Sender], transport: str | None = None) -> Received:
+    """Handle one inbound message once: store it, run the conversation, queue the replies.
+
+    `transport` names the outbox channel when it differs from the conversation's (the terminal chat).
+    """
+    for _attempt in range(3):
+        try:
+            return _receive(factory, envelope, ctx, senders, transport)
+        except IntegrityError:
+            # Another request stored the same provider id first (or created this learner); retry sees it.
+            continue
+    return Received(duplicate=True)
+
+
+def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Context,
+             senders: dict[str, Sender], transport: str | None) -> Received:
+    now = ctx.now
+    with transaction(factory) as session:
+        exists = select(InboundMessage.id).where(InboundMessage.channel == envelope.channel,
+                                                 InboundMessage.provider_id == envelope.provider_id)
+        if session.scalar(exists) is not None:
+            return Received(duplicate=True)
+        inbound = InboundMessage(channel=envelope.channel, provider_id=envelope.provider_id, body=envelope.text,
+                                 media_count=envelope.media_count, received_at=now)
+        session.add(inbound)
+        session.flush()  # the unique (channel, provider_id) makes a racing twin fail here
+        learner, is_new = _find_or_create_learner(session, envelope, now)
+        inbound.learner_id = learner.id
+        _touch_address(session, learner, envelope, now)
+        state = load_state(session, learner, is_new)
+        effects = conv.respond(state, conv.Inbound(
+            channel=envelope.channel, text=envelope.text, media_count=envelope.media_count,
+            choice=envelope.choice, course_start=envelope.course_start), ctx)
+        learner_id: int | None = learner.id
+        if effects.erase:
+            erase_learner(session, learner.id)
+            learner_id = None
+        else:
+            save_state(session, learner, state, effects, now)
+        log.info("inbound %s from %s via %s: %d repl%s", inbound.id, mask(envelope.address), envelope.channel,
+                 len(effects.replies), "y" if len(effects.replies) == 1 else "ies")
+        channel = transport or envelope.channel
+        sender = senders.get(channel)
+        if sender is None:
+            return Received(duplicate=False)
+        for n, reply in enumerate(effects.replies):
+            enqueue(session, key=f"in:{inbound.id}:{n}", learner_id=learner_id, channel=channel,
+                    to_address=envelope.address, from_address=envelope.to, kind=reply.kind, now=now,
+                    parts=sender.render(envelope.channel, reply.text, reply.choices),
+                    erase_after_send=effects.erase)
+        return Received(duplicate=False, replies=len(effects.replies))
