@@ -18,6 +18,8 @@ CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 @dataclass(frozen=True)
 class Problem:
+    """One thing wrong in a course folder, printed as `path:line: message`."""
+
     path: str
     line: int  # 1-based
     message: str
@@ -39,12 +41,17 @@ def describe(node: Node) -> str:
         return "a list"
     if node.tag == NULL_TAG:
         return "nothing"
+    if not node.tag.startswith("tag:yaml.org,2002:"):
+        return f"{node.tag} {node.value!r}"
     return repr(node.value) if node.tag == STR_TAG else node.value
 
 
 def scalar_value(node: ScalarNode) -> object:
-    """The Python value YAML gives a scalar (int, float, bool, None or str)."""
-    return yaml.SafeLoader("").construct_object(node)
+    """The Python value YAML gives a scalar (int, float, bool, None, str…); the raw text for unknown tags."""
+    try:
+        return yaml.SafeLoader("").construct_object(node)
+    except yaml.YAMLError:
+        return node.value
 
 
 def compose_file(path: Path, shown: str) -> tuple[Node | None, list[Problem]]:

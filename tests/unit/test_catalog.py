@@ -453,6 +453,27 @@ def test_problem_prints_as_file_line_message():
     )
 
 
+def test_invalid_utf8_is_reported_at_its_line(load, tmp_path):
+    write(tmp_path / "courses", course())
+    (tmp_path / "courses/alfa/01-uno.yaml").write_bytes(LESSON.encode() + b"source: caf\xe9\n")
+    catalog, problems = load_catalog("courses")
+    assert [str(problem) for problem in problems] == [f"{L}:3: not valid UTF-8 text"]
+    assert catalog.courses == ()
+
+
+def test_tagged_values_are_not_taken_for_numbers(load):
+    catalog, problems = load(
+        quiz("""\
+        - ask: {es: "¿Sí?", en: "Yes?"}
+          options: [{es: "Sí", en: "Yes"}, {es: "No", en: "No"}]
+          answer: !option 1
+    """)
+    )
+    assert [str(problem) for problem in problems] == [
+        f"{L}:6: quiz[1].answer: expected the number of the right option, got !option '1'"
+    ]
+
+
 def test_missing_directory_is_one_problem(tmp_path):
     catalog, problems = load_catalog(tmp_path / "nope")
     assert catalog.courses == ()
