@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.channels.base import Outgoing, Rendered, Sender, SendResult
@@ -90,15 +90,15 @@ class Outbox:
             stale = or_(OutboundMessage.claimed_until < now, OutboundMessage.claimed_until.is_(None))
             base = update(OutboundMessage).where(OutboundMessage.status == "sending", stale)
             # A broadcast may already have reached the person: never re-send it blindly.
-            unknown = session.execute(
+            unknown: CursorResult = session.execute(  # type: ignore[assignment]
                 base.where(OutboundMessage.kind == "broadcast").values(status="unknown", updated_at=now)
-            ).rowcount
+            )
             # A reply or lesson that is lost costs the learner more than one that arrives twice.
-            requeued = session.execute(
+            requeued: CursorResult = session.execute(  # type: ignore[assignment]
                 base.where(OutboundMessage.kind != "broadcast").values(
                     status="queued", claim_token=None, claimed_until=None, next_attempt_at=now, updated_at=now)
-            ).rowcount
-        return unknown + requeued
+            )
+        return unknown.rowcount + requeued.rowcount
 
     def claim(self, now: datetime, limit: int = 50) -> list[Outgoing]:
         """Mark up to `limit` due rows of our channels as ours (SKIP LOCKED on PostgreSQL; SQLite is serial)."""
@@ -173,7 +173,7 @@ class Outbox:
                      f" ({result.error_code})" if result.error_code else "")
             return row.status
 
-    def dispatch(self, now_fn: callable, budget_rows: int | None = None) -> Dispatch:  # type: ignore[valid-type]
+    def dispatch(self, now_fn: Callable[[], datetime], budget_rows: int | None = None) -> Dispatch:
         """Send everything due now, batch after batch, until nothing is due (or `budget_rows` is spent)."""
         done = Dispatch()
         while budget_rows is None or done.total() < budget_rows:

@@ -11,7 +11,7 @@ from bot.channels.base import Outgoing, Rendered, SendResult, numbered
 class ConsoleSender:
     """Renders like the channel it plays (numbered options) and 'sends' by calling `write`."""
 
-    channels = ("console",)
+    channels: tuple[str, ...] = ("console",)
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write

@@ -39,12 +39,13 @@ class TwilioInbound:
     profile_name: str | None
 
 
-def signature_is_valid(settings: Settings, url: str, form: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+def signature_is_valid(settings: Settings, url: str, form: Mapping[str, str], signature: str | None,
+                       signature_settings: str | None = None) -> bool:
     """Whether `X-Twilio-Signature` signs this URL and form with the account's auth token."""
-    signature = headers.get("X-Twilio-Signature")
     if not signature or not settings.twilio_auth_token:
         return False
-    algorithm = get_signature_algorithm(headers.get("X-Twilio-Webhooks-Signature-Settings"))
+    # X-Twilio-Webhooks-Signature-Settings names the algorithm (HMAC-SHA256); without it, HMAC-SHA1.
+    algorithm = get_signature_algorithm(signature_settings)
     return RequestValidator(settings.twilio_auth_token).validate(url, form, signature, algorithm)
 
 
@@ -82,7 +83,7 @@ def parse_inbound(form: Mapping[str, str]) -> TwilioInbound:
 class TwilioSender:
     """Sends outbox rows with the real twilio REST client (TWILIO_API_BASE_URL honoured)."""
 
-    channels = ("sms", "whatsapp")
+    channels: tuple[str, ...] = ("sms", "whatsapp")
 
     def __init__(self, settings: Settings, timeout: float = 10.0) -> None:
         self.settings = settings

@@ -29,7 +29,9 @@ def _twilio_checked() -> Response | None:
     if not settings.twilio_enabled:
         return _plain(503, "Twilio channel is off: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
     url = twilio.public_url(settings, request.url, request.path, request.query_string.decode("latin-1"))
-    if not twilio.signature_is_valid(settings, url, request.form, request.headers):
+    signature = request.headers.get("X-Twilio-Signature")
+    algorithm = request.headers.get("X-Twilio-Webhooks-Signature-Settings")
+    if not twilio.signature_is_valid(settings, url, request.form, signature, algorithm):
         return _plain(403, "invalid X-Twilio-Signature")
     return None
 
@@ -44,7 +46,8 @@ def twilio_inbound() -> Response:
     except twilio.BadRequest as error:
         return _plain(400, str(error))
     runtime = _runtime()
-    choice = int(message.button_payload) if (message.button_payload or "").isdigit() else None
+    payload = message.button_payload or ""
+    choice = int(payload) if payload.isdigit() else None
     envelope = Envelope(channel=message.channel, provider_id=message.message_sid, address=message.address,
                         text=message.text, media_count=message.media_count, choice=choice, to=message.to or None)
     try:
