@@ -17,9 +17,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = Flask(__name__)
     app.extensions["vereda"] = runtime or build(settings)
 
-    from bot.web import health, webhooks
+    from bot.web import health, telegram, webhooks
 
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(telegram.bp)
     app.register_blueprint(health.bp)
     return app
 

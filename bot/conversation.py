@@ -19,6 +19,7 @@ class Inbound:
     text: str = ""
     media_count: int = 0
     choice: int | None = None  # a button press already resolved to a 1-based option
+    ref: str | None = None  # what the pressed button belonged to (Outbound.ref)
     course_start: str | None = None  # Telegram `/start <course-id>`
 
 
@@ -29,6 +30,7 @@ class Outbound:
     text: str
     choices: tuple[str, ...] = ()
     kind: str = "reply"  # reply, lesson, question
+    ref: str | None = None  # what a button press on this message answers: "q:<course>:<lesson>:<q>", menu, lang
 
 
 @dataclass
@@ -94,8 +96,8 @@ class Turn:
     def say(self, key: str, **values: object) -> str:
         return say(key, self.learner.language, self.inbound.channel, **values)
 
-    def reply(self, text: str, choices: tuple[str, ...] = (), kind: str = "reply") -> None:
-        self.effects.replies.append(Outbound(text, choices, kind))
+    def reply(self, text: str, choices: tuple[str, ...] = (), kind: str = "reply", ref: str | None = None) -> None:
+        self.effects.replies.append(Outbound(text, choices, kind, ref))
 
     def lang_for(self, course: Course) -> str:
         language = self.learner.language
@@ -115,7 +117,7 @@ class Turn:
         text = self.inbound.text or ""
         intent, keyword_language = self._intent(text)
         if self.learner.opted_out:
-            if intent is Intent.OPT_IN:
+            if intent is Intent.OPT_IN or self.inbound.course_start is not None:  # Telegram /start
                 self.learner.opted_out = False
                 self.effects.opted_in = True
                 self.reply(self.say("welcome_back"))
@@ -125,9 +127,12 @@ class Turn:
             self.learner.opted_out, self.learner.pending = True, None
             self.effects.opted_out = True
             return self.effects
-        if not text.strip() and self.inbound.choice is None and self.inbound.course_start is None:
-            self._media_only()
+        no_text = not text.strip() and self.inbound.choice is None and self.inbound.course_start is None
+        if no_text or (self.inbound.media_count and intent is None):
+            self._media_only()  # media (even with a caption) is acknowledged, never graded
             return self.effects
+        if self.inbound.ref is not None and not self._button_is_current():
+            return self.effects  # a press on an old question, or a second press: it counts once
         if self.learner.pending and self._pending(text, intent):
             return self.effects
         if intent is not None:
@@ -159,6 +164,16 @@ class Turn:
             return None, None  # YES is an opt-in keyword only while opted out
         return intent, language
 
+    def _button_is_current(self) -> bool:
+        ref = self.inbound.ref
+        if ref == "menu" or ref == "lang":
+            return self.learner.pending == ("menu" if ref == "menu" else "language")
+        found = self.current()
+        if found is None or found[1].question is None:
+            return False
+        course, enrolment = found
+        return ref == question_ref(course, enrolment)
+
     # -- keywords ----------------------------------------------------------------------------------
     def _keyword(self, intent: Intent, _language: str | None) -> None:
         self.learner.pending = None
@@ -176,7 +191,7 @@ class Turn:
             self._set_language("es" if intent is Intent.LANG_ES else "en")
         elif intent is Intent.LANGUAGE:
             self.learner.pending = "language"
-            self.reply(self.say("language_ask"), ("Español", "English"))
+            self.reply(self.say("language_ask"), ("Español", "English"), ref="lang")
         elif intent is Intent.DELETE:
             self.learner.pending = "delete"
             self.reply(self.say("delete_ask"))
@@ -220,7 +235,7 @@ class Turn:
         self.learner.pending = "menu"
         head = self.say("welcome" if welcome else "menu")
         titles = tuple(c.title.get(self.learner.language) or c.title[c.languages[0]] for c in courses)
-        self.reply(head, titles)
+        self.reply(head, titles, ref="menu")
 
     def _courses_here(self) -> list[Course]:
         return [c for c in self.ctx.catalog.courses if self.inbound.channel in c.channels]
@@ -388,7 +403,13 @@ def send_question(learner: LearnerState, course: Course, enrolment: EnrolmentSta
     assert enrolment.question is not None
     question = lesson.quiz[enrolment.question]
     text = question_text(question, language, enrolment.question + 1, len(lesson.quiz), channel)
-    out.append(Outbound(text, tuple(o[language].strip() for o in question.options), "question"))
+    options = tuple(o[language].strip() for o in question.options)
+    out.append(Outbound(text, options, "question", question_ref(course, enrolment)))
+
+
+def question_ref(course: Course, enrolment: EnrolmentState) -> str:
+    """Names the open question, so that a button press on an older one can be told apart."""
+    return f"q:{course.id}:{enrolment.position}:{enrolment.question}"
 
 
 def deliver_lesson(learner: LearnerState, course: Course, enrolment: EnrolmentState, index: int,

@@ -42,6 +42,30 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class ExactText(TypeDecorator[str]):
+    """Text stored exactly as given: PostgreSQL cannot hold NUL in text, so it is escaped reversibly there."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is None or dialect.name != "postgresql":
+            return value
+        return value.replace("\\", "\\\\").replace("\x00", "\\0")
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        if value is None or dialect.name != "postgresql" or "\\" not in value:
+            return value
+        out, chars = [], iter(value)
+        for char in chars:
+            if char == "\\":
+                following = next(chars, "")
+                out.append("\x00" if following == "0" else following)
+            else:
+                out.append(char)
+        return "".join(out)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
@@ -143,7 +167,7 @@ class InboundMessage(Base):
     learner_id: Mapped[int | None] = mapped_column(
         ForeignKey("learners.id", ondelete="SET NULL"), index=True
     )
-    body: Mapped[str | None] = mapped_column(Text)  # as given; None once the learner erased their data
+    body: Mapped[str | None] = mapped_column(ExactText)  # as given; None once the learner erased their data
     media_count: Mapped[int] = mapped_column(SmallInteger, default=0)
     received_at: Mapped[datetime]
 
@@ -164,6 +188,7 @@ class OutboundMessage(Base):
     from_address: Mapped[str | None] = mapped_column(String(64))
     body: Mapped[str] = mapped_column(Text)
     choices: Mapped[list[str] | None] = mapped_column(JSON)
+    ref: Mapped[str | None] = mapped_column(String(96))  # what buttons answer: "q:<course>:<lesson>:<question>"
     kind: Mapped[str] = mapped_column(String(16))  # reply, lesson, reminder, broadcast
     priority: Mapped[int] = mapped_column(SmallInteger, default=0)  # lower goes first: replies 0, bulk 10
     status: Mapped[str] = mapped_column(String(16), default="queued")

@@ -42,6 +42,7 @@ def enqueue(
     from_address: str | None = None,
     priority: int = 0,
     erase_after_send: bool = False,
+    ref: str | None = None,
 ) -> list[OutboundMessage]:
     """Add one outbox row per rendered part, keyed `key:n` (unique: queuing twice adds nothing)."""
     rows = []
@@ -49,7 +50,7 @@ def enqueue(
         row = OutboundMessage(
             idempotency_key=f"{key}:{n}", learner_id=learner_id, channel=channel, to_address=to_address,
             from_address=from_address, body=part.body, choices=list(part.buttons) or None, kind=kind,
-            priority=priority, status="queued", attempts=0, next_attempt_at=now, created_at=now,
+            priority=priority, ref=ref, status="queued", attempts=0, next_attempt_at=now, created_at=now,
             updated_at=now, erase_after_send=erase_after_send,
         )
         session.add(row)
@@ -136,7 +137,7 @@ class Outbox:
                     continue
                 claimed.append(Outgoing(
                     id=row.id, channel=row.channel, to_address=row.to_address, from_address=row.from_address,
-                    body=row.body, buttons=tuple(row.choices or ()), status_callback=self.status_callback,
+                    body=row.body, buttons=tuple(row.choices or ()), status_callback=self.status_callback, ref=row.ref,
                 ))
             return claimed
 

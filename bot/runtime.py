@@ -44,6 +44,10 @@ def make_senders(settings: Settings) -> dict[str, Sender]:
 
         twilio = TwilioSender(settings)
         senders["sms"] = senders["whatsapp"] = twilio
+    if settings.telegram_enabled and settings.telegram_webhook_secret:
+        from bot.channels.telegram import TelegramSender
+
+        senders["telegram"] = TelegramSender(settings)
     return senders
 
 

@@ -30,6 +30,7 @@ class Envelope:
     text: str = ""
     media_count: int = 0
     choice: int | None = None
+    ref: str | None = None
     course_start: str | None = None
     to: str | None = None  # our own address the learner wrote to
     telegram_chat_id: int | None = None
@@ -120,6 +121,18 @@ def save_state(session: Session, learner: Learner, state: conv.LearnerState, eff
         opt_out(session, learner.id, now)
 
 
+def telegram_membership(factory: sessionmaker[Session], chat_id: int, blocked: bool, now: datetime) -> None:
+    """The person blocked the bot (opt out) or unblocked it (opt in again); unknown chats are ignored."""
+    with transaction(factory) as session:
+        learner = session.scalars(select(Learner).where(Learner.telegram_chat_id == chat_id)).first()
+        if learner is None:
+            return
+        if blocked:
+            opt_out(session, learner.id, now)
+        else:
+            learner.opted_out_at = None
+
+
 def erase_learner(session: Session, learner_id: int) -> None:
     """Erase a learner for real: profile, enrolments, answers, message texts and outbox rows."""
     session.execute(update(InboundMessage).where(InboundMessage.learner_id == learner_id)
@@ -161,7 +174,7 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
         state = load_state(session, learner, is_new)
         effects = conv.respond(state, conv.Inbound(
             channel=envelope.channel, text=envelope.text, media_count=envelope.media_count,
-            choice=envelope.choice, course_start=envelope.course_start), ctx)
+            choice=envelope.choice, ref=envelope.ref, course_start=envelope.course_start), ctx)
         learner_id: int | None = learner.id
         if effects.erase:
             erase_learner(session, learner.id)
@@ -178,5 +191,5 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
             enqueue(session, key=f"in:{inbound.id}:{n}", learner_id=learner_id, channel=channel,
                     to_address=envelope.address, from_address=envelope.to, kind=reply.kind, now=now,
                     parts=sender.render(envelope.channel, reply.text, reply.choices),
-                    erase_after_send=effects.erase)
+                    erase_after_send=effects.erase, ref=reply.ref)
         return Received(duplicate=False, replies=len(effects.replies))

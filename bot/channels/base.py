@@ -25,6 +25,7 @@ class Outgoing:
     body: str
     buttons: tuple[str, ...]
     status_callback: str | None = None
+    ref: str | None = None  # what the buttons answer (conversation.Outbound.ref)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 13:07:40.124731
+Create Date: 2026-12-03
 """
 
 from alembic import op
@@ -60,7 +60,7 @@ def upgrade() -> None:
     sa.Column('channel', sa.String(length=16), nullable=False),
     sa.Column('provider_id', sa.String(length=64), nullable=False),
     sa.Column('learner_id', sa.Integer(), nullable=True),
-    sa.Column('body', sa.Text(), nullable=True),
+    sa.Column('body', bot.models.ExactText(), nullable=True),
     sa.Column('media_count', sa.SmallInteger(), nullable=False),
     sa.Column('received_at', bot.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['learner_id'], ['learners.id'], ondelete='SET NULL'),
@@ -92,6 +92,7 @@ def upgrade() -> None:
     sa.Column('from_address', sa.String(length=64), nullable=True),
     sa.Column('body', sa.Text(), nullable=False),
     sa.Column('choices', sa.JSON(), nullable=True),
+    sa.Column('ref', sa.String(length=96), nullable=True),
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('priority', sa.SmallInteger(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),

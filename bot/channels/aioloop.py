@@ -1,0 +1,52 @@
+"""One long-lived asyncio event loop in a thread, for async SDKs called from sync code.
+
+python-telegram-bot is asyncio-based. Calling it with `asyncio.run()` from Flask or a scheduler thread
+creates and closes a loop each time, and a `Bot` reused across those calls dies with "Event loop is
+closed". Instead the Bot lives on this one loop, and threads submit coroutines to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop running forever in a daemon thread (restarted after a fork)."""
+
+    def __init__(self, name: str = "vereda-asyncio") -> None:
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid() or self._loop.is_closed():
+                ready = threading.Event()
+                loop = asyncio.new_event_loop()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                threading.Thread(target=run, name=self.name, daemon=True).start()
+                ready.wait()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
+        """Run `coroutine` on the loop and wait for its result (from any thread but the loop's own)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop()).result(timeout)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None

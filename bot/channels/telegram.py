@@ -1,0 +1,168 @@
+"""Telegram through python-telegram-bot: secret check, Update parsing, sending on one long-lived loop."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
+from telegram.request import HTTPXRequest
+
+from bot.channels.aioloop import LoopThread
+from bot.channels.base import Outgoing, Rendered, SendResult, split_text
+from bot.config import Settings
+
+log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request URL, token included
+
+TEXT_LIMIT = 4096  # characters per message (Bot API sendMessage)
+ALLOWED_UPDATES = ["message", "edited_message", "callback_query", "my_chat_member"]
+MEDIA_FIELDS = ("photo", "sticker", "location", "contact", "voice", "audio", "video", "video_note",
+                "document", "animation", "venue", "poll", "dice")
+
+
+def secret_is_valid(settings: Settings, header: str | None) -> bool:
+    """Whether X-Telegram-Bot-Api-Secret-Token matches TELEGRAM_WEBHOOK_SECRET (constant time)."""
+    expected = settings.telegram_webhook_secret
+    if not expected or header is None:
+        return False
+    return hmac.compare_digest(expected.encode(), header.encode())
+
+
+@dataclass(frozen=True)
+class TelegramEvent:
+    """What one Update means for us."""
+
+    kind: str  # message, press, kicked, member, edited, ignored, group
+    update_id: int
+    chat_id: int | None = None
+    text: str = ""
+    media_count: int = 0
+    course_start: str | None = None
+    choice: int | None = None
+    ref: str | None = None
+    callback_query_id: str | None = None
+    message_id: int | None = None
+
+
+class NotAnUpdate(ValueError):
+    """A body that is not a Telegram Update (400)."""
+
+
+def parse_update(data: Any) -> TelegramEvent:
+    """Parse a webhook body with `Update.de_json` and say what it means."""
+    if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+        raise NotAnUpdate("not a Telegram Update: no integer update_id")
+    try:
+        update = Update.de_json(data, None)
+    except Exception as error:  # malformed nested objects
+        raise NotAnUpdate(f"not a Telegram Update: {type(error).__name__}") from None
+    uid = update.update_id
+    if update.callback_query is not None:
+        query = update.callback_query
+        message = query.message
+        chat = message.chat if message is not None else None
+        ref, _, number = (query.data or "").rpartition("|")
+        if chat is None or chat.type != "private" or not number.isdigit():
+            return TelegramEvent("ignored", uid, callback_query_id=query.id)
+        return TelegramEvent("press", uid, chat_id=chat.id, choice=int(number), ref=ref or None,
+                             callback_query_id=query.id, message_id=message.message_id if message else None)
+    if update.my_chat_member is not None:
+        member = update.my_chat_member
+        if member.chat.type != "private":
+            return TelegramEvent("ignored", uid)
+        status = member.new_chat_member.status
+        return TelegramEvent("kicked" if status == "kicked" else "member", uid, chat_id=member.chat.id)
+    if update.edited_message is not None or update.edited_channel_post is not None:
+        return TelegramEvent("edited", uid)  # an edited answer is never graded again
+    message = update.message
+    if message is None:
+        return TelegramEvent("ignored", uid)  # channel posts, inline queries, polls …
+    if message.chat.type != "private":
+        return TelegramEvent("group", uid, chat_id=message.chat.id)
+    media = sum(1 for name in MEDIA_FIELDS if getattr(message, name, None))
+    text = message.text or ""
+    start = None
+    if text.startswith("/start"):
+        head, _, argument = text.partition(" ")
+        if head.split("@", 1)[0] == "/start":
+            start, text = argument.strip(), ""
+    return TelegramEvent("message", uid, chat_id=message.chat.id, text=text if not media else "",
+                         media_count=media, course_start=start)
+
+
+class TelegramSender:
+    """Sends through one `Bot` that lives on one event loop thread; safe to call from any thread."""
+
+    channels: tuple[str, ...] = ("telegram",)
+
+    def __init__(self, settings: Settings, loop: LoopThread | None = None, timeout: float = 10.0) -> None:
+        self.settings = settings
+        self.loop = loop or LoopThread("vereda-telegram")
+        self.timeout = timeout
+        self._bot: Bot | None = None
+
+    async def _get_bot(self) -> Bot:
+        if self._bot is None:
+            request = HTTPXRequest(connection_pool_size=32, read_timeout=self.timeout,
+                                   connect_timeout=self.timeout, write_timeout=self.timeout)
+            bot = Bot(self.settings.telegram_bot_token or "", base_url=f"{self.settings.telegram_api_base_url}/bot",
+                      base_file_url=f"{self.settings.telegram_api_base_url}/file/bot", request=request)
+            await bot.initialize()
+            self._bot = bot
+        return self._bot
+
+    def call(self, method: str, **kwargs: Any) -> Any:
+        """Call a Bot method by name on the loop thread and wait for it (operator commands, callbacks)."""
+
+        async def run() -> Any:
+            bot = await self._get_bot()
+            return await getattr(bot, method)(**kwargs)
+
+        return self.loop.run(run(), timeout=self.timeout * 2)
+
+    def render(self, channel: str, text: str, choices: tuple[str, ...]) -> list[Rendered]:
+        pieces = split_text(text, TEXT_LIMIT)
+        return [Rendered(piece, choices if n == len(pieces) - 1 else ()) for n, piece in enumerate(pieces)]
+
+    def send(self, message: Outgoing) -> SendResult:
+        markup = None
+        if message.buttons:
+            prefix = message.ref or ""
+            markup = InlineKeyboardMarkup([
+                [InlineKeyboardButton(label[:64], callback_data=f"{prefix}|{n}"[-64:])]
+                for n, label in enumerate(message.buttons, start=1)
+            ])
+        try:
+            # No parse_mode: the text goes as plain text, so lesson punctuation can never break it.
+            sent = self.call("send_message", chat_id=int(message.to_address), text=message.body, reply_markup=markup)
+        except Forbidden as error:  # 403: the person blocked the bot
+            return SendResult(False, error_code="403", error_message=str(error)[:200], opt_out=True)
+        except RetryAfter as error:
+            wait = error.retry_after
+            seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+            return SendResult(False, error_code="429", error_message="retry after", retry=True, retry_after=seconds)
+        except BadRequest as error:  # a NetworkError subclass in python-telegram-bot: catch it first
+            invalid = "chat not found" in str(error).lower()
+            return SendResult(False, error_code="400", error_message=str(error)[:200], invalid_address=invalid)
+        except (TimedOut, NetworkError, TimeoutError) as error:
+            return SendResult(False, error_code="network", error_message=type(error).__name__, retry=True)
+        return SendResult(True, provider_id=f"{sent.chat_id}:{sent.message_id}")
+
+    def answer_callback(self, query_id: str) -> None:
+        """Answer a button press at once (clients show a spinner until we do); failures are only logged."""
+        try:
+            self.call("answer_callback_query", callback_query_id=query_id)
+        except Exception as error:
+            log.warning("answerCallbackQuery failed: %s", type(error).__name__)
+
+    def clear_buttons(self, chat_id: int, message_id: int) -> None:
+        """Remove the keyboard of an answered question, so it cannot be pressed again."""
+        try:
+            self.call("edit_message_reply_markup", chat_id=chat_id, message_id=message_id, reply_markup=None)
+        except Exception as error:
+            log.info("editMessageReplyMarkup failed: %s", type(error).__name__)

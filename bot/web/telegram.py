@@ -1,0 +1,43 @@
+"""POST /webhooks/telegram: check the secret token, parse the Update, hand over, answer 200 fast."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from bot.channels.telegram import NotAnUpdate, TelegramSender, parse_update, secret_is_valid
+from bot.dispatcher import utcnow
+from bot.runtime import Runtime
+from bot.services import Envelope, receive, telegram_membership
+
+bp = Blueprint("telegram", __name__)
+
+
+def _plain(status: int, reason: str) -> Response:
+    return Response(reason + "\n", status=status, mimetype="text/plain")
+
+
+@bp.post("/webhooks/telegram")
+def telegram_update() -> Response:
+    runtime: Runtime = current_app.extensions["vereda"]
+    settings = runtime.settings
+    sender = runtime.senders.get("telegram")
+    if not settings.telegram_enabled or not isinstance(sender, TelegramSender):
+        return _plain(503, "Telegram channel is off: set TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET")
+    if not secret_is_valid(settings, request.headers.get("X-Telegram-Bot-Api-Secret-Token")):
+        return _plain(403, "invalid X-Telegram-Bot-Api-Secret-Token")
+    try:
+        event = parse_update(request.get_json(silent=True))
+    except NotAnUpdate as error:
+        return _plain(400, str(error))
+    if event.callback_query_id:
+        sender.answer_callback(event.callback_query_id)  # first: the client waits for it
+    now = utcnow()
+    if event.kind in ("message", "press") and event.chat_id is not None:
+        envelope = Envelope(channel="telegram", provider_id=str(event.update_id), address=str(event.chat_id),
+                            text=event.text, media_count=event.media_count, choice=event.choice, ref=event.ref,
+                            course_start=event.course_start, telegram_chat_id=event.chat_id)
+        receive(runtime.factory, envelope, runtime.context(now), runtime.senders)
+        runtime.dispatcher.wake()
+    elif event.kind in ("kicked", "member") and event.chat_id is not None:
+        telegram_membership(runtime.factory, event.chat_id, blocked=event.kind == "kicked", now=now)
+    return jsonify(ok=True)
