@@ -131,6 +131,60 @@ def tick_command(now_text: str | None, budget: float) -> None:
     click.echo(str(report))
 
 
+@main.group()
+def telegram() -> None:
+    """Telegram bot webhook, for operators (uses TELEGRAM_* and PUBLIC_BASE_URL)."""
+
+
+def _telegram_sender():  # type: ignore[no-untyped-def]
+    from bot.channels.telegram import TelegramSender
+
+    settings = _settings()
+    if not settings.telegram_bot_token:
+        raise click.ClickException("TELEGRAM_BOT_TOKEN is not set")
+    return settings, TelegramSender(settings)
+
+
+@telegram.command("set-webhook")
+@click.option("--url", help="default: PUBLIC_BASE_URL/webhooks/telegram")
+def telegram_set_webhook(url: str | None) -> None:
+    """Point the bot's webhook at this server, with the secret token and the updates Vereda uses."""
+    from bot.channels.telegram import ALLOWED_UPDATES
+
+    settings, sender = _telegram_sender()
+    if not settings.telegram_webhook_secret:
+        raise click.ClickException("TELEGRAM_WEBHOOK_SECRET is not set: the webhook would accept anyone")
+    if url is None:
+        if not settings.public_base_url:
+            raise click.ClickException("set PUBLIC_BASE_URL or pass --url")
+        url = f"{settings.public_base_url}/webhooks/telegram"
+    sender.call("set_webhook", url=url, secret_token=settings.telegram_webhook_secret,
+                allowed_updates=ALLOWED_UPDATES, drop_pending_updates=False)
+    click.echo(f"webhook set: {url} ({', '.join(ALLOWED_UPDATES)})")
+
+
+@telegram.command("delete-webhook")
+def telegram_delete_webhook() -> None:
+    """Remove the bot's webhook."""
+    _settings_, sender = _telegram_sender()
+    sender.call("delete_webhook")
+    click.echo("webhook deleted")
+
+
+@telegram.command("info")
+def telegram_info() -> None:
+    """The bot's identity and webhook state."""
+    _settings_, sender = _telegram_sender()
+    me = sender.call("get_me")
+    info = sender.call("get_webhook_info")
+    click.echo(f"bot: @{me.username} ({me.id})")
+    click.echo(f"webhook: {info.url or '(none)'}")
+    click.echo(f"pending updates: {info.pending_update_count}")
+    if info.last_error_message:
+        click.echo(f"last error: {info.last_error_message}")
+    click.echo(f"allowed updates: {', '.join(info.allowed_updates or ()) or '(all)'}")
+
+
 @main.command()
 def worker() -> None:
     """Run the scheduler and dispatcher without the web server (one or many processes)."""

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, time
 
 from bot.courses import Catalog, Course, Lesson, Question
-from bot.keywords import CONFIRM_WORDS, Intent, fold, normalise, parse_choice, parse_command, parse_keyword
-from bot.messages import WEEKDAY_NAMES, say
+from bot.keywords import CONFIRM_WORDS, Intent, normalise, parse_choice, parse_command, parse_keyword
+from bot.messages import WEEKDAY_NAMES, gsm_friendly, say
 from bot.schedule import describe_when, next_lesson_at
 
 
@@ -160,7 +160,7 @@ class Turn:
         if found is None:
             return None, None
         intent, language = found
-        if intent is Intent.OPT_IN and fold(text).strip(" .!") == "yes" and not self.learner.opted_out:
+        if intent is Intent.OPT_IN and normalise(text) == "YES" and not self.learner.opted_out:
             return None, None  # YES is an opt-in keyword only while opted out
         return intent, language
 
@@ -244,7 +244,7 @@ class Turn:
         courses = self._courses_here()
         titles = [c.title.get(self.learner.language) or c.title[c.languages[0]] for c in courses]
         choice = self.inbound.choice or parse_choice(text, titles)
-        if choice is None:
+        if choice is None or not 1 <= choice <= len(courses):  # a stale button may be out of range
             return False
         self.learner.pending = None
         self._enrol(courses[choice - 1])
@@ -452,7 +452,8 @@ def finish_lesson(learner: LearnerState, course: Course, enrolment: EnrolmentSta
     enrolment.next_due_at = due
     when_key, values = describe_when(due, ctx.now, zone)
     if "weekday" in values:
-        values["day"] = WEEKDAY_NAMES[language][int(values.pop("weekday"))]
+        day = WEEKDAY_NAMES[language][int(values.pop("weekday"))]
+        values["day"] = gsm_friendly(day) if channel == "sms" else day  # our wording: GSM-7 on SMS
     when = say(when_key, language, channel, **values)
     out.append(Outbound(f"{line}\n{say('next_at', language, channel, when=when)}".strip()))
 

@@ -189,8 +189,12 @@ class OutboundMessage(Base):
     body: Mapped[str] = mapped_column(Text)
     choices: Mapped[list[str] | None] = mapped_column(JSON)
     ref: Mapped[str | None] = mapped_column(String(96))  # what buttons answer: "q:<course>:<lesson>:<question>"
+    content_sid: Mapped[str | None] = mapped_column(String(34))  # an approved WhatsApp template (Twilio Content)
+    content_variables: Mapped[dict[str, str] | None] = mapped_column(JSON)
     kind: Mapped[str] = mapped_column(String(16))  # reply, lesson, reminder, broadcast
     priority: Mapped[int] = mapped_column(SmallInteger, default=0)  # lower goes first: replies 0, bulk 10
+    # queued, sending, sent, delivered, read, failed, cancelled, unknown; held = waits for the learner to
+    # write first (WhatsApp's 24 h window is closed), released by their next message
     status: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(SmallInteger, default=0)
     next_attempt_at: Mapped[datetime]

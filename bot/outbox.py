@@ -19,6 +19,7 @@ from bot.models import Learner, MessageEvent, OutboundMessage
 
 log = logging.getLogger(__name__)
 
+WINDOW_CLOSED = "63016"  # Twilio: WhatsApp free-form message outside the 24 h customer-care window
 CLAIM_SECONDS = 60  # a claimed row not finished by then belonged to a process that died
 MAX_ATTEMPTS = 20  # about 2.5 hours of retries with the backoff below
 FINAL = {"sent", "delivered", "read", "failed", "cancelled", "unknown"}
@@ -43,15 +44,23 @@ def enqueue(
     priority: int = 0,
     erase_after_send: bool = False,
     ref: str | None = None,
+    status: str = "queued",
+    reason: str | None = None,
+    content_sid: str | None = None,
+    content_variables: dict[str, str] | None = None,
 ) -> list[OutboundMessage]:
-    """Add one outbox row per rendered part, keyed `key:n` (unique: queuing twice adds nothing)."""
+    """Add one outbox row per rendered part, keyed `key:n` (unique: queuing twice adds nothing).
+
+    `status="held"` queues rows that wait for the learner's next message (`reason` says why).
+    """
     rows = []
     for n, part in enumerate(parts):
         row = OutboundMessage(
             idempotency_key=f"{key}:{n}", learner_id=learner_id, channel=channel, to_address=to_address,
             from_address=from_address, body=part.body, choices=list(part.buttons) or None, kind=kind,
-            priority=priority, ref=ref, status="queued", attempts=0, next_attempt_at=now, created_at=now,
-            updated_at=now, erase_after_send=erase_after_send,
+            priority=priority, ref=ref, status=status, attempts=0, next_attempt_at=now, created_at=now,
+            updated_at=now, erase_after_send=erase_after_send, error_message=reason,
+            content_sid=content_sid, content_variables=content_variables,
         )
         session.add(row)
         rows.append(row)
@@ -80,10 +89,12 @@ class Outbox:
     """Claims due rows and sends them through the channel senders; safe in any number of processes."""
 
     def __init__(self, factory: sessionmaker[Session], senders: Mapping[str, Sender],
-                 status_callback: str | None = None) -> None:
+                 status_callback: str | None = None,
+                 on_window_closed: Callable[[Session, OutboundMessage, datetime], None] | None = None) -> None:
         self.factory = factory
         self.senders = senders
         self.status_callback = status_callback
+        self.on_window_closed = on_window_closed
 
     def recover(self, now: datetime) -> int:
         """Settle rows whose claim expired (their process died mid-send); see README for the policy."""
@@ -138,6 +149,7 @@ class Outbox:
                 claimed.append(Outgoing(
                     id=row.id, channel=row.channel, to_address=row.to_address, from_address=row.from_address,
                     body=row.body, buttons=tuple(row.choices or ()), status_callback=self.status_callback, ref=row.ref,
+                    content_sid=row.content_sid, content_variables=row.content_variables,
                 ))
             return claimed
 
@@ -159,6 +171,12 @@ class Outbox:
                 row.status, row.provider_id = "sent", result.provider_id
                 if row.erase_after_send:
                     row.body, row.to_address = "", "erased"
+            elif result.error_code == WINDOW_CLOSED and row.kind != "broadcast":
+                # 63016: free-form WhatsApp outside the 24 h window. Retrying blindly fails again: hold the
+                # message until the learner writes, and reach them with the course's template if it has one.
+                row.status = "held"
+                if self.on_window_closed is not None:
+                    self.on_window_closed(session, row, now)
             elif result.retry and row.attempts < MAX_ATTEMPTS:
                 delay = result.retry_after if result.retry_after is not None else backoff(row.attempts)
                 row.status, row.next_attempt_at = "queued", now + timedelta(seconds=delay)
@@ -213,6 +231,17 @@ class Outbox:
             return True
 
 
+def release_held(session: Session, learner_id: int, channel: str, now: datetime) -> int:
+    """The learner wrote: send what waited for them (first, before the replies to this message)."""
+    result: CursorResult = session.execute(  # type: ignore[assignment]
+        update(OutboundMessage)
+        .where(OutboundMessage.learner_id == learner_id, OutboundMessage.channel == channel,
+               OutboundMessage.status == "held")
+        .values(status="queued", priority=-1, next_attempt_at=now, updated_at=now, error_message=None)
+    )
+    return result.rowcount
+
+
 def opt_out(session: Session, learner_id: int, now: datetime) -> None:
     """Mark the learner opted out and cancel whatever still waits for them in the outbox."""
     session.execute(
@@ -220,6 +249,6 @@ def opt_out(session: Session, learner_id: int, now: datetime) -> None:
     )
     session.execute(
         update(OutboundMessage)
-        .where(OutboundMessage.learner_id == learner_id, OutboundMessage.status == "queued")
+        .where(OutboundMessage.learner_id == learner_id, OutboundMessage.status.in_(("queued", "held")))
         .values(status="cancelled", updated_at=now)
     )

@@ -14,8 +14,9 @@ from bot import conversation as conv
 from bot.channels.base import Sender
 from bot.db import transaction
 from bot.identity import e164, mask, zone_for
+from bot.keywords import parse_keyword
 from bot.models import Answer, Enrolment, InboundMessage, Learner, LearnerAddress, OutboundMessage
-from bot.outbox import enqueue, opt_out
+from bot.outbox import enqueue, opt_out, release_held
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,10 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
         learner, is_new = _find_or_create_learner(session, envelope, now)
         inbound.learner_id = learner.id
         _touch_address(session, learner, envelope, now)
+        if envelope.channel == "whatsapp" and release_held(session, learner.id, envelope.channel, now) \
+                and parse_keyword(envelope.text) is None and not learner.opted_out:
+            # This message answers our template (the window was closed): the held lesson is the reply.
+            return Received(duplicate=False)
         state = load_state(session, learner, is_new)
         effects = conv.respond(state, conv.Inbound(
             channel=envelope.channel, text=envelope.text, media_count=envelope.media_count,

@@ -26,6 +26,8 @@ class Outgoing:
     buttons: tuple[str, ...]
     status_callback: str | None = None
     ref: str | None = None  # what the buttons answer (conversation.Outbound.ref)
+    content_sid: str | None = None  # send this approved template instead of the body (WhatsApp)
+    content_variables: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

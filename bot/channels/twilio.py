@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ BODY_LIMIT = 1600  # Twilio rejects longer bodies (error 21617)
 OPT_OUT_CODES = {"21610", "63014"}  # unsubscribed (STOP) / blocked on WhatsApp
 INVALID_CODES = {"21211", "21614", "30005", "30006", "63024"}
 RETRY_CODES = {"20429", "30008", "63018"}
+# 63016 (outside the WhatsApp 24 h window) is neither: the outbox holds the message (see outbox.py).
 
 
 class BadRequest(ValueError):
@@ -112,9 +114,14 @@ class TwilioSender:
         origin = self.sender_for(message)
         if not origin:
             return SendResult(False, error_code="config", error_message=f"no {message.channel} sender set")
-        extra = {"status_callback": message.status_callback} if message.status_callback else {}
+        extra: dict[str, str] = {"status_callback": message.status_callback} if message.status_callback else {}
+        if message.content_sid:  # an approved template: Twilio renders it, the body is not sent
+            extra["content_sid"] = message.content_sid
+            extra["content_variables"] = json.dumps(message.content_variables or {})
+        else:
+            extra["body"] = message.body
         try:
-            sent = self.client.messages.create(to=message.to_address, body=message.body, **origin, **extra)
+            sent = self.client.messages.create(to=message.to_address, **origin, **extra)
         except TwilioRestException as error:
             return classify(error)
         except Exception as error:  # timeouts, refused connections, broken responses: try again later

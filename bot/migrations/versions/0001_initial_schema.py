@@ -93,6 +93,8 @@ def upgrade() -> None:
     sa.Column('body', sa.Text(), nullable=False),
     sa.Column('choices', sa.JSON(), nullable=True),
     sa.Column('ref', sa.String(length=96), nullable=True),
+    sa.Column('content_sid', sa.String(length=34), nullable=True),
+    sa.Column('content_variables', sa.JSON(), nullable=True),
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('priority', sa.SmallInteger(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
