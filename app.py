@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 from flask import Flask
 
@@ -31,10 +32,22 @@ def main() -> None:
     app = create_app(settings)
     runtime: Runtime = app.extensions["vereda"]
     runtime.dispatcher.ensure_started()
+    scheduler = None
     if settings.scheduler:
         from scheduler import start_scheduler
 
-        start_scheduler(runtime)
+        scheduler = start_scheduler(runtime)
+
+    def shut_down(signum: int, _frame: object) -> None:
+        # Finish the message being sent, hand the rest back to the queue, then leave.
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        runtime.dispatcher.stop()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
+    # No debug reloader: it would start a second process, and with it a second scheduler.
     app.run(host=settings.host, port=settings.port, debug=False, use_reloader=False, threaded=True)
 
 

@@ -131,6 +131,133 @@ def tick_command(now_text: str | None, budget: float) -> None:
     click.echo(str(report))
 
 
+def _segment_options(function):  # type: ignore[no-untyped-def]
+    options = [
+        click.option("--text-es", help="the message in Spanish"),
+        click.option("--text-en", help="the message in English"),
+        click.option("--course", help="learners enrolled in this course"),
+        click.option("--channel", type=click.Choice(["sms", "whatsapp", "telegram"])),
+        click.option("--language", type=click.Choice(["es", "en"])),
+        click.option("--tag", help="learners with this tag"),
+        click.option("--progress", type=click.Choice(["active", "paused", "finished"]),
+                     help="the enrolment's state (with --course: in that course)"),
+        click.option("--template", "whatsapp_template", help="WhatsApp Content SID for learners outside 24 h"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _broadcast_args(kwargs: dict) -> tuple[dict[str, str], dict[str, str]]:  # type: ignore[type-arg]
+    text = {"es": kwargs.get("text_es") or "", "en": kwargs.get("text_en") or ""}
+    segment = {key: kwargs.get(key) or "" for key in ("course", "channel", "language", "tag", "progress")}
+    return text, segment
+
+
+def _show_preview(runtime, text: dict[str, str], segment: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    from bot.broadcasts import BroadcastError, preview, validate
+
+    try:
+        text, segment = validate(text, segment, runtime.catalog)
+    except BroadcastError as error:
+        raise click.ClickException(str(error)) from None
+    with runtime.factory() as session:
+        for line in preview(session, text, segment).lines():
+            click.echo(line)
+
+
+@main.group()
+def broadcast() -> None:
+    """Messages from coordinators to a segment of learners."""
+
+
+@broadcast.command("preview")
+@_segment_options
+def broadcast_preview(**kwargs: str) -> None:
+    """Recipients per channel, SMS encoding, segments and cost; sends nothing."""
+    runtime = _runtime(_settings())
+    text, segment = _broadcast_args(kwargs)
+    _show_preview(runtime, text, segment)
+
+
+@broadcast.command("create")
+@_segment_options
+@click.option("--at", "at_text", help="ISO-8601 time to send (default: now)")
+@click.option("--yes", is_flag=True, help="do not show the preview and ask")
+def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
+    """Create a broadcast (now or at a time); prints its id on the last line."""
+    from bot.broadcasts import BroadcastError, create
+    from bot.dispatcher import utcnow
+
+    runtime = _runtime(_settings())
+    text, segment = _broadcast_args(kwargs)
+    now = utcnow()
+    send_at = _parse_now(at_text) or now
+    if not yes:
+        _show_preview(runtime, text, segment)
+        if not sys.stdin.isatty():
+            raise click.ClickException("not confirmed: run with --yes to create without asking")
+        click.confirm(f"send at {send_at.isoformat(timespec='minutes')}?", abort=True)
+    try:
+        broadcast_id = create(runtime.factory, text, segment, send_at, runtime.catalog, now,
+                              whatsapp_template=kwargs.get("whatsapp_template") or None, created_by="cli")
+    except BroadcastError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"broadcast created, sends at {max(send_at, now).isoformat(timespec='seconds')}")
+    click.echo(str(broadcast_id))
+
+
+@broadcast.command("list")
+def broadcast_list() -> None:
+    """Every broadcast with its state and recipients."""
+    from sqlalchemy import select
+
+    from bot.models import Broadcast
+
+    runtime = _runtime(_settings())
+    with runtime.factory() as session:
+        rows = session.scalars(select(Broadcast).order_by(Broadcast.id)).all()
+        if not rows:
+            click.echo("no broadcasts")
+        for row in rows:
+            first = next(iter(row.text.values()))
+            segment = ", ".join(f"{k}={v}" for k, v in row.segment.items()) or "everyone"
+            click.echo(f"{row.id}\t{row.state}\t{row.send_at.isoformat(timespec='minutes')}\t"
+                       f"{row.recipients} recipient(s)\t{segment}\t{first[:40]}")
+
+
+@broadcast.command("report")
+@click.argument("broadcast_id", type=int)
+def broadcast_report(broadcast_id: int) -> None:
+    """Per-recipient outcome counts: queued, sent, delivered, failed, unknown."""
+    from bot.broadcasts import report
+    from bot.models import Broadcast
+
+    runtime = _runtime(_settings())
+    with runtime.factory() as session:
+        row = session.get(Broadcast, broadcast_id)
+        if row is None:
+            raise click.ClickException(f"no broadcast {broadcast_id}")
+        click.echo(f"broadcast {row.id}: {row.state}, {row.recipients} recipient(s)")
+        for outcome, count in report(session, broadcast_id).items():
+            click.echo(f"{outcome}: {count}")
+
+
+@broadcast.command("cancel")
+@click.argument("broadcast_id", type=int)
+def broadcast_cancel(broadcast_id: int) -> None:
+    """Cancel a broadcast; messages not yet sent are withdrawn."""
+    from bot.broadcasts import BroadcastError, cancel
+    from bot.dispatcher import utcnow
+
+    runtime = _runtime(_settings())
+    try:
+        withdrawn = cancel(runtime.factory, broadcast_id, utcnow())
+    except BroadcastError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"broadcast {broadcast_id} cancelled; {withdrawn} message(s) withdrawn")
+
+
 @main.group()
 def telegram() -> None:
     """Telegram bot webhook, for operators (uses TELEGRAM_* and PUBLIC_BASE_URL)."""

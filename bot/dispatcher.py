@@ -58,7 +58,7 @@ class Dispatcher:
                 if monotonic - recovered_at > 30:
                     self.outbox.recover(self.clock())
                     recovered_at = monotonic
-                self.outbox.dispatch(self.clock)
+                self.outbox.dispatch(self.clock, stop=self._stop.is_set)
             except Exception:  # the database or a sender failed unexpectedly: log, wait, go on
                 log.exception("dispatcher pass failed")
             self._event.wait(self.idle)

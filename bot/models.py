@@ -204,6 +204,7 @@ class OutboundMessage(Base):
     error_code: Mapped[str | None] = mapped_column(String(16))
     error_message: Mapped[str | None] = mapped_column(String(255))
     erase_after_send: Mapped[bool] = mapped_column(Boolean, default=False)
+    broadcast_id: Mapped[int | None] = mapped_column(ForeignKey("broadcasts.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -228,3 +229,33 @@ class MessageEvent(Base):
     at: Mapped[datetime]
 
     message: Mapped[OutboundMessage] = relationship(back_populates="events")
+
+
+class LearnerTag(Base):
+    """A coordinator's label on a learner (a group, a workshop, a region), for segments."""
+
+    __tablename__ = "learner_tags"
+    __table_args__ = (UniqueConstraint("learner_id", "tag"), Index("ix_learner_tags_tag", "tag", "learner_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    learner_id: Mapped[int] = mapped_column(ForeignKey("learners.id", ondelete="CASCADE"))
+    tag: Mapped[str] = mapped_column(String(64))
+
+
+class Broadcast(Base):
+    """A coordinator's message to a segment; its recipients become outbox rows keyed per recipient."""
+
+    __tablename__ = "broadcasts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[dict[str, str]] = mapped_column(JSON)  # language -> text
+    segment: Mapped[dict[str, str]] = mapped_column(JSON)  # course, channel, language, tag, progress
+    whatsapp_template: Mapped[str | None] = mapped_column(String(34))
+    send_at: Mapped[datetime]
+    # scheduled -> materialising -> released; or cancelled
+    state: Mapped[str] = mapped_column(String(16), default="scheduled", index=True)
+    cursor: Mapped[int] = mapped_column(Integer, default=0)  # recipients materialised up to this learner id
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    released_at: Mapped[datetime | None]

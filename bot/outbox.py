@@ -153,6 +153,32 @@ class Outbox:
                 ))
             return claimed
 
+    def cancel_if_opted_out(self, message: Outgoing, now: datetime) -> bool:
+        """Cancel a claimed row whose learner opted out (or was erased) since the claim; True if cancelled.
+
+        A batch is claimed at once but sent one by one: a STOP, or a 21610 for an earlier row of the same
+        learner, may arrive in between, and then nothing more may go out to them.
+        """
+        with transaction(self.factory) as session:
+            row = session.get(OutboundMessage, message.id)
+            if row is None:  # erased meanwhile
+                return True
+            if row.learner_id is None:
+                return False
+            if session.scalar(select(Learner.opted_out_at).where(Learner.id == row.learner_id)) is None:
+                return False
+            row.status, row.claim_token, row.claimed_until, row.updated_at = "cancelled", None, None, now
+            session.add(MessageEvent(message_id=row.id, status="cancelled", detail="opted out", at=now))
+            return True
+
+    def unclaim(self, ids: list[int], now: datetime) -> None:
+        """Hand claimed rows that were never tried back to the queue, as if never claimed."""
+        with transaction(self.factory) as session:
+            session.execute(
+                update(OutboundMessage).where(OutboundMessage.id.in_(ids), OutboundMessage.status == "sending")
+                .values(status="queued", claim_token=None, claimed_until=None, updated_at=now,
+                        attempts=OutboundMessage.attempts - 1))
+
     def send(self, message: Outgoing) -> SendResult:
         sender = self.senders.get(message.channel)
         if sender is None:
@@ -192,14 +218,24 @@ class Outbox:
                      f" ({result.error_code})" if result.error_code else "")
             return row.status
 
-    def dispatch(self, now_fn: Callable[[], datetime], budget_rows: int | None = None) -> Dispatch:
-        """Send everything due now, batch after batch, until nothing is due (or `budget_rows` is spent)."""
+    def dispatch(self, now_fn: Callable[[], datetime], budget_rows: int | None = None,
+                 stop: Callable[[], bool] = lambda: False) -> Dispatch:
+        """Send everything due now, batch after batch, until nothing is due (or `budget_rows` is spent).
+
+        `stop()` turning true (shutdown) ends the pass between two sends; unsent claims are handed back.
+        """
         done = Dispatch()
-        while budget_rows is None or done.total() < budget_rows:
+        while (budget_rows is None or done.total() < budget_rows) and not stop():
             batch = self.claim(now_fn())
             if not batch:
                 break
-            for message in batch:
+            for index, message in enumerate(batch):
+                if stop():
+                    self.unclaim([m.id for m in batch[index:]], now_fn())
+                    return done
+                if self.cancel_if_opted_out(message, now_fn()):
+                    done.skipped += 1
+                    continue
                 status = self.record(message, self.send(message), now_fn())
                 if status == "sent":
                     done.sent += 1

@@ -67,11 +67,11 @@ def _find_or_create_learner(session: Session, envelope: Envelope, now: datetime)
         return session.scalars(query).one(), False
 
 
-def _touch_address(session: Session, learner: Learner, envelope: Envelope, now: datetime) -> None:
+def _touch_address(session: Session, learner: Learner, envelope: Envelope, channel: str, now: datetime) -> None:
     found = session.scalars(select(LearnerAddress).where(
-        LearnerAddress.channel == envelope.channel, LearnerAddress.address == envelope.address)).first()
+        LearnerAddress.channel == channel, LearnerAddress.address == envelope.address)).first()
     if found is None:
-        session.add(LearnerAddress(learner_id=learner.id, channel=envelope.channel, address=envelope.address,
+        session.add(LearnerAddress(learner_id=learner.id, channel=channel, address=envelope.address,
                                    last_inbound_at=now))
     else:
         found.last_inbound_at = now
@@ -171,7 +171,10 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
         session.flush()  # the unique (channel, provider_id) makes a racing twin fail here
         learner, is_new = _find_or_create_learner(session, envelope, now)
         inbound.learner_id = learner.id
-        _touch_address(session, learner, envelope, now)
+        # The terminal chat keeps its learners on its own transport: drips and broadcasts for them never
+        # reach a provider.
+        channel = transport or envelope.channel
+        _touch_address(session, learner, envelope, channel, now)
         if envelope.channel == "whatsapp" and release_held(session, learner.id, envelope.channel, now) \
                 and parse_keyword(envelope.text) is None and not learner.opted_out:
             # This message answers our template (the window was closed): the held lesson is the reply.
@@ -185,10 +188,12 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
             erase_learner(session, learner.id)
             learner_id = None
         else:
+            if transport:
+                for enrolment in state.enrolments.values():
+                    enrolment.channel = transport
             save_state(session, learner, state, effects, now)
         log.info("inbound %s from %s via %s: %d repl%s", inbound.id, mask(envelope.address), envelope.channel,
                  len(effects.replies), "y" if len(effects.replies) == 1 else "ies")
-        channel = transport or envelope.channel
         sender = senders.get(channel)
         if sender is None:
             return Received(duplicate=False)

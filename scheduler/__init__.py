@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from bot.broadcasts import release_due
 from bot.dispatcher import utcnow
 from bot.drips import plan_drips
 from bot.runtime import Runtime
@@ -19,13 +20,15 @@ TICK_SECONDS = 5
 @dataclass
 class TickReport:
     lessons_planned: int = 0
+    broadcast_messages: int = 0
     recovered: int = 0
     sent: int = 0
     failed: int = 0
     retried: int = 0
 
     def __str__(self) -> str:
-        return (f"planned {self.lessons_planned} lesson(s); recovered {self.recovered}; "
+        return (f"planned {self.lessons_planned} lesson(s); released {self.broadcast_messages} broadcast "
+                f"message(s); recovered {self.recovered}; "
                 f"sent {self.sent}, failed {self.failed}, retry later {self.retried}")
 
 
@@ -36,6 +39,7 @@ def tick(runtime: Runtime, now: datetime | None = None, budget: float = 50.0) ->
     report = TickReport()
     report.recovered = runtime.outbox.recover(clock())
     report.lessons_planned = plan_drips(runtime.factory, runtime.context(clock()), runtime.senders)
+    report.broadcast_messages = release_due(runtime.factory, runtime.senders, clock(), runtime.settings.quiet_hours)
     deadline = time.monotonic() + budget
     while time.monotonic() < deadline:
         done = runtime.outbox.dispatch(clock, budget_rows=200)

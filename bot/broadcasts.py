@@ -1,0 +1,238 @@
+"""Broadcasts: a coordinator's text to a segment, materialised into the outbox in batches, once each."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Select, and_, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.channels.base import Sender
+from bot.courses import Catalog
+from bot.db import transaction
+from bot.drips import BULK_PRIORITY, window_open
+from bot.models import Broadcast, Enrolment, Learner, LearnerAddress, LearnerTag, OutboundMessage
+from bot.schedule import in_quiet_hours
+from bot.sms import analyse
+
+log = logging.getLogger(__name__)
+
+SEGMENT_KEYS = ("course", "channel", "language", "tag", "progress")
+PROGRESS = ("active", "paused", "finished")
+CHANNELS = ("sms", "whatsapp", "telegram")
+BATCH = 2000
+DEFAULT_ZONE = "America/Mexico_City"
+OUTCOMES = {"queued": "queued", "sending": "queued", "held": "queued", "sent": "sent", "delivered": "delivered",
+            "read": "delivered", "failed": "failed", "unknown": "unknown", "cancelled": "cancelled"}
+
+
+class BroadcastError(ValueError):
+    """A broadcast that cannot be created as asked; the message names the field."""
+
+
+def validate(text: dict[str, str], segment: dict[str, str], catalog: Catalog) -> tuple[dict[str, str], dict[str, str]]:
+    """Clean text and segment, or BroadcastError naming the field at fault."""
+    text = {lang: value.strip() for lang, value in text.items() if value and value.strip()}
+    if not text:
+        raise BroadcastError("text: give the message in at least one language (es or en)")
+    unknown = set(text) - {"es", "en"}
+    if unknown:
+        raise BroadcastError(f"text: unknown language {', '.join(sorted(unknown))} (es, en)")
+    segment = {key: value for key, value in segment.items() if value}
+    for key in segment:
+        if key not in SEGMENT_KEYS:
+            raise BroadcastError(f"segment.{key}: unknown (use {', '.join(SEGMENT_KEYS)})")
+    if "course" in segment and catalog.get(segment["course"]) is None:
+        raise BroadcastError(f"segment.course: no course {segment['course']!r}")
+    if segment.get("channel", "sms") not in CHANNELS:
+        raise BroadcastError(f"segment.channel: {segment['channel']!r} is not one of {', '.join(CHANNELS)}")
+    if segment.get("language", "es") not in ("es", "en"):
+        raise BroadcastError(f"segment.language: {segment['language']!r} is not es or en")
+    if segment.get("progress", "active") not in PROGRESS:
+        raise BroadcastError(f"segment.progress: {segment['progress']!r} is not one of {', '.join(PROGRESS)}")
+    return text, segment
+
+
+def recipients_query(segment: dict[str, str]) -> Select:  # type: ignore[type-arg]
+    """Learners (one row per channel address) in the segment; opted-out learners never are."""
+    query = (
+        select(Learner.id, Learner.language, Learner.timezone, LearnerAddress.channel, LearnerAddress.address,
+               LearnerAddress.last_inbound_at)
+        .join(LearnerAddress, LearnerAddress.learner_id == Learner.id)
+        .where(Learner.opted_out_at.is_(None))
+    )
+    if "channel" in segment:
+        query = query.where(LearnerAddress.channel == segment["channel"])
+    if "language" in segment:
+        query = query.where(Learner.language == segment["language"])
+    if "tag" in segment:
+        query = query.where(exists().where(LearnerTag.learner_id == Learner.id, LearnerTag.tag == segment["tag"]))
+    if "course" in segment or "progress" in segment:
+        conditions = [Enrolment.learner_id == Learner.id]
+        if "course" in segment:
+            conditions.append(Enrolment.course_id == segment["course"])
+        if "progress" in segment:
+            conditions.append(Enrolment.state == segment["progress"])
+        query = query.where(exists().where(and_(*conditions)))
+    return query
+
+
+@dataclass(frozen=True)
+class Preview:
+    recipients: dict[str, int]  # channel -> learners
+    sms: dict[str, tuple[str, int, tuple[str, ...]]]  # language -> (encoding, segments, chars forcing UCS-2)
+    sms_segments: int  # total SMS segments the broadcast would cost
+
+    def lines(self, prices: dict[str, float] | None = None) -> list[str]:
+        out = [f"recipients: {sum(self.recipients.values())}"]
+        out += [f"  {channel}: {count}" for channel, count in sorted(self.recipients.items())]
+        for language, (encoding, segments, chars) in sorted(self.sms.items()):
+            forced = f"; forces UCS-2: {' '.join(chars)}" if chars else ""
+            out.append(f"SMS text [{language}]: {encoding}, {segments} segment(s) per message{forced}")
+        out.append(f"estimated SMS cost: {self.sms_segments} segment(s)")
+        for channel, count in sorted(self.recipients.items()):
+            units = self.sms_segments if channel == "sms" else count
+            if prices and channel in prices:
+                out.append(f"estimated cost {channel}: {units * prices[channel]:.2f}")
+        return out
+
+
+def preview(session: Session, text: dict[str, str], segment: dict[str, str]) -> Preview:
+    """Who would receive it, per channel, and what it costs on SMS; sends nothing."""
+    query = recipients_query(segment).subquery()
+    per_channel: dict[str, int] = dict(session.execute(  # type: ignore[arg-type]
+        select(query.c.channel, func.count(func.distinct(query.c.id))).group_by(query.c.channel)).all())
+    per_language: dict[str, int] = dict(session.execute(  # type: ignore[arg-type]
+        select(query.c.language, func.count(func.distinct(query.c.id)))
+        .where(query.c.channel == "sms").group_by(query.c.language)).all())
+    sms = {}
+    total = 0
+    for language, body in text.items():
+        info = analyse(body)
+        sms[language] = (info.encoding, info.segments, info.ucs2_chars)
+    fallback = next(iter(text))
+    for language, count in per_language.items():
+        info = analyse(text.get(language) or text[fallback])
+        total += info.segments * count
+    return Preview({str(k): int(v) for k, v in per_channel.items()}, sms, total)
+
+
+def create(factory: sessionmaker[Session], text: dict[str, str], segment: dict[str, str], send_at: datetime,
+           catalog: Catalog, now: datetime, whatsapp_template: str | None = None,
+           created_by: str | None = None) -> int:
+    """Store a broadcast to go out at `send_at` (now or later); returns its id."""
+    text, segment = validate(text, segment, catalog)
+    with transaction(factory) as session:
+        broadcast = Broadcast(text=text, segment=segment, send_at=max(send_at, now),
+                              whatsapp_template=whatsapp_template, state="scheduled", cursor=0, recipients=0,
+                              created_by=created_by, created_at=now)
+        session.add(broadcast)
+        session.flush()
+        return broadcast.id
+
+
+def cancel(factory: sessionmaker[Session], broadcast_id: int, now: datetime) -> int:
+    """Stop a broadcast: nothing more is materialised, queued messages are withdrawn; returns how many."""
+    with transaction(factory) as session:
+        broadcast = session.get(Broadcast, broadcast_id)
+        if broadcast is None:
+            raise BroadcastError(f"no broadcast {broadcast_id}")
+        broadcast.state = "cancelled"
+        result = session.execute(
+            update(OutboundMessage)
+            .where(OutboundMessage.broadcast_id == broadcast_id, OutboundMessage.status.in_(("queued", "held")))
+            .values(status="cancelled", updated_at=now))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def report(session: Session, broadcast_id: int) -> dict[str, int]:
+    """Recipients by outcome: queued, sent, delivered, failed, unknown, cancelled."""
+    counts = dict.fromkeys(("queued", "sent", "delivered", "failed", "unknown", "cancelled"), 0)
+    rows = session.execute(
+        select(OutboundMessage.status, func.count(func.distinct(OutboundMessage.learner_id)))
+        .where(OutboundMessage.broadcast_id == broadcast_id).group_by(OutboundMessage.status))
+    for status, count in rows:
+        counts[OUTCOMES.get(status, status)] = counts.get(OUTCOMES.get(status, status), 0) + int(count)
+    return counts
+
+
+def _first_allowed(now: datetime, zone_name: str, quiet: tuple) -> datetime:  # type: ignore[type-arg]
+    zone = ZoneInfo(zone_name)
+    local = now.astimezone(zone)
+    if not in_quiet_hours(local.time(), quiet):
+        return now
+    end = local.replace(hour=quiet[1].hour, minute=quiet[1].minute, second=0, microsecond=0)
+    if end <= local:
+        end += timedelta(days=1)
+    return end.astimezone(now.tzinfo)
+
+
+def materialise(factory: sessionmaker[Session], broadcast_id: int, senders: dict[str, Sender], now: datetime,
+                quiet: tuple, batch: int = BATCH) -> int:  # type: ignore[type-arg]
+    """Turn the segment into outbox rows, a batch per transaction; resumable after a crash, once each."""
+    added = 0
+    while True:
+        with transaction(factory) as session:
+            broadcast = session.scalars(select(Broadcast).where(Broadcast.id == broadcast_id)
+                                        .with_for_update(skip_locked=True)).first()
+            if broadcast is None or broadcast.state in ("released", "cancelled"):
+                return added
+            broadcast.state = "materialising"
+            rows = session.execute(
+                recipients_query(broadcast.segment).where(Learner.id > broadcast.cursor)
+                .order_by(Learner.id, LearnerAddress.last_inbound_at.desc()).limit(batch)).all()
+            if not rows:
+                broadcast.state, broadcast.released_at = "released", now
+                return added
+            values = _rows(broadcast, list(rows), senders, now, quiet)
+            if values:
+                insert = (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)  # type: ignore[union-attr]
+                statement = insert(OutboundMessage).on_conflict_do_nothing(index_elements=["idempotency_key"])
+                result = session.execute(statement, values)
+                added += max(int(result.rowcount or 0), 0)  # type: ignore[attr-defined]
+            broadcast.cursor = rows[-1].id
+            broadcast.recipients = broadcast.recipients + len({v["learner_id"] for v in values})
+
+
+def _rows(broadcast: Broadcast, rows: list, senders: dict[str, Sender], now: datetime,  # type: ignore[type-arg]
+          quiet: tuple) -> list[dict[str, object]]:  # type: ignore[type-arg]
+    values: list[dict[str, object]] = []
+    fallback = next(iter(broadcast.text))
+    due_cache: dict[str, datetime] = {}
+    for row in rows:
+        sender = senders.get(row.channel)
+        if sender is None:
+            continue
+        body = broadcast.text.get(row.language) or broadcast.text[fallback]
+        zone = row.timezone or DEFAULT_ZONE
+        if zone not in due_cache:
+            due_cache[zone] = _first_allowed(now, zone, quiet)
+        status, reason, content = "queued", None, None
+        if row.channel == "whatsapp" and not window_open(row.last_inbound_at, now):
+            if broadcast.whatsapp_template:
+                content = broadcast.whatsapp_template
+            else:
+                status, reason = "held", "waiting for the learner: WhatsApp 24 h window closed, no template"
+        for n, part in enumerate(sender.render(row.channel, body, ())):
+            values.append({
+                "idempotency_key": f"broadcast:{broadcast.id}:{row.id}:{n}", "learner_id": row.id,
+                "channel": row.channel, "to_address": row.address, "from_address": None, "body": part.body,
+                "choices": None, "kind": "broadcast", "priority": BULK_PRIORITY, "status": status,
+                "attempts": 0, "next_attempt_at": due_cache[zone], "error_message": reason,
+                "content_sid": content, "content_variables": {"1": body} if content else None,
+                "erase_after_send": False, "broadcast_id": broadcast.id, "created_at": now, "updated_at": now,
+            })
+    return values
+
+
+def release_due(factory: sessionmaker[Session], senders: dict[str, Sender], now: datetime,
+                quiet: tuple) -> int:  # type: ignore[type-arg]
+    """Materialise every broadcast whose time has come; returns the outbox rows added."""
+    with factory() as session:
+        due = list(session.scalars(select(Broadcast.id).where(
+            Broadcast.state.in_(("scheduled", "materialising")), Broadcast.send_at <= now)))
+    return sum(materialise(factory, broadcast_id, senders, now, quiet) for broadcast_id in due)

@@ -1,0 +1,251 @@
+"""The outbox against the fake Twilio: retries with backoff, timeouts, permanent errors, opt-outs, latency."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from bot.channels.twilio import TwilioSender
+from bot.config import Settings
+from bot.models import Learner, MessageEvent, OutboundMessage
+from bot.outbox import Outbox
+from bot.services import Envelope, Received, receive
+from tests.conftest import TwilioWebhook, at
+from tests.fakes.twilio_api import Failure, FakeTwilio
+
+PHONE = "+525512345678"
+T0 = at("2026-06-01 15:00")
+
+
+def queue(runtime, text: str, now: datetime = T0, phone: str = PHONE) -> Received:  # type: ignore[no-untyped-def]
+    """An inbound SMS handled without waking the dispatcher: its replies wait in the outbox."""
+    envelope = Envelope(channel="sms", provider_id="SM" + uuid.uuid4().hex, address=phone, text=text,
+                        to="+15005550006")
+    return receive(runtime.factory, envelope, runtime.context(now), runtime.senders)
+
+
+def rows(runtime) -> list[OutboundMessage]:  # type: ignore[no-untyped-def]
+    with runtime.factory() as session:
+        return list(session.scalars(select(OutboundMessage).order_by(OutboundMessage.id)))
+
+
+def events(runtime, message_id: int) -> list[tuple[str, str | None]]:  # type: ignore[no-untyped-def]
+    with runtime.factory() as session:
+        return [(e.status, e.error_code) for e in session.scalars(
+            select(MessageEvent).where(MessageEvent.message_id == message_id).order_by(MessageEvent.id))]
+
+
+def opted_out_at(runtime, phone: str = PHONE) -> datetime | None:  # type: ignore[no-untyped-def]
+    with runtime.factory() as session:
+        return session.scalars(select(Learner.opted_out_at).where(Learner.phone == phone)).one()
+
+
+def fixed(now: datetime):  # type: ignore[no-untyped-def]
+    return lambda: now
+
+
+# -- transient failures ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "code"), [(500, None), (503, None), (429, 20429)])
+def test_transient_error_retries_with_exponential_backoff(status: int, code: int | None, runtime,
+                                                          fake_twilio: FakeTwilio) -> None:
+    assert queue(runtime, "hola").replies == 1
+    outbox: Outbox = runtime.outbox
+    fake_twilio.fail_next(Failure(status, code))
+
+    done = outbox.dispatch(fixed(T0))
+    assert (done.sent, done.retried, done.failed) == (0, 1, 0)
+    [row] = rows(runtime)
+    assert (row.status, row.attempts) == ("queued", 1)
+    assert row.error_code == str(code or status)
+    first_wait = (row.next_attempt_at - T0).total_seconds()
+    assert 1.6 <= first_wait <= 2.4  # 2 s ± 20 %
+    assert fake_twilio.messages == [] and fake_twilio.requests == 1
+
+    # not due yet: nothing is tried
+    assert outbox.dispatch(fixed(T0 + timedelta(seconds=1))).total() == 0
+    assert fake_twilio.requests == 1
+
+    fake_twilio.fail_next(Failure(status, code))
+    t1 = T0 + timedelta(seconds=3)
+    assert outbox.dispatch(fixed(t1)).retried == 1
+    [row] = rows(runtime)
+    assert (row.status, row.attempts) == ("queued", 2)
+    second_wait = (row.next_attempt_at - t1).total_seconds()
+    assert 3.2 <= second_wait <= 4.8  # doubled
+    assert fake_twilio.requests == 2
+
+    t2 = T0 + timedelta(seconds=60)
+    done = outbox.dispatch(fixed(t2))
+    assert (done.sent, done.retried) == (1, 0)
+    [row] = rows(runtime)
+    [sent] = fake_twilio.messages
+    assert (row.status, row.attempts, row.provider_id) == ("sent", 3, sent.sid)
+    assert row.updated_at == t2
+    assert sent.to == PHONE and "1) Ruta segura" in sent.body
+    assert [e[0] for e in events(runtime, row.id)] == ["retry", "retry", "sent"]
+    # sent once: later passes find nothing
+    assert outbox.dispatch(fixed(T0 + timedelta(hours=1))).total() == 0
+    assert fake_twilio.requests == 3
+
+
+def test_timeout_is_retried_later(settings: Settings, runtime, fake_twilio: FakeTwilio) -> None:
+    queue(runtime, "hola")
+    sender = TwilioSender(settings, timeout=0.5)
+    outbox = Outbox(runtime.factory, {"sms": sender, "whatsapp": sender})
+    fake_twilio.fail_next(Failure(500, delay=3.0))
+
+    started = time.monotonic()
+    done = outbox.dispatch(fixed(T0))
+    assert time.monotonic() - started < 2.0  # the client gave up after its timeout
+    assert done.retried == 1
+    [row] = rows(runtime)
+    assert (row.status, row.attempts, row.error_code) == ("queued", 1, "network")
+    assert row.next_attempt_at > T0
+    assert row.claim_token is None and row.claimed_until is None
+    assert fake_twilio.messages == []
+
+    done = outbox.dispatch(fixed(T0 + timedelta(minutes=1)))
+    assert done.sent == 1
+    [row] = rows(runtime)
+    assert (row.status, row.attempts) == ("sent", 2)
+    assert [m.to for m in fake_twilio.messages] == [PHONE]
+
+
+def test_unreachable_api_is_retried(settings: Settings, runtime, fake_twilio: FakeTwilio) -> None:
+    queue(runtime, "hola")
+    dead = TwilioSender(settings.with_(twilio_api_base_url="http://127.0.0.1:9"), timeout=0.5)
+    assert Outbox(runtime.factory, {"sms": dead}).dispatch(fixed(T0)).retried == 1
+    [row] = rows(runtime)
+    assert (row.status, row.error_code) == ("queued", "network")
+    assert runtime.outbox.dispatch(fixed(T0 + timedelta(minutes=1))).sent == 1
+    assert len(fake_twilio.messages) == 1
+
+
+# -- permanent failures ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [21610, 63014])
+def test_unsubscribed_error_fails_and_opts_the_learner_out(code: int, runtime, fake_twilio: FakeTwilio) -> None:
+    assert queue(runtime, "SEGURIDAD").replies == 3  # enrolled, lesson 1, question 1
+    fake_twilio.fail_next(Failure(400, code, "Attempt to send to unsubscribed recipient"))
+
+    runtime.outbox.dispatch(fixed(T0))
+    first, *rest = rows(runtime)
+    assert (first.status, first.attempts, first.error_code) == ("failed", 1, str(code))
+    assert opted_out_at(runtime) == T0
+    # the learner said STOP to Twilio: the rest of their messages never go out
+    assert [r.status for r in rest] == ["cancelled", "cancelled"]
+    assert fake_twilio.messages == [] and fake_twilio.requests == 1
+    assert runtime.outbox.dispatch(fixed(T0 + timedelta(hours=1))).total() == 0
+    assert fake_twilio.requests == 1
+
+
+@pytest.mark.parametrize("code", [21211, 21614])
+def test_invalid_number_fails_without_retry(code: int, runtime, fake_twilio: FakeTwilio) -> None:
+    queue(runtime, "hola")
+    fake_twilio.fail_next(Failure(400, code, "The 'To' number is not a valid phone number"))
+    done = runtime.outbox.dispatch(fixed(T0))
+    assert (done.failed, done.retried, done.sent) == (1, 0, 0)
+    [row] = rows(runtime)
+    assert (row.status, row.attempts, row.error_code) == ("failed", 1, str(code))
+    assert (row.error_message or "").endswith("The 'To' number is not a valid phone number")
+    assert events(runtime, row.id) == [("failed", str(code))]
+    assert opted_out_at(runtime) is None  # an invalid number is not an opt-out
+    assert runtime.outbox.dispatch(fixed(T0 + timedelta(days=1))).total() == 0
+    assert fake_twilio.requests == 1 and fake_twilio.messages == []
+
+
+def test_one_failing_recipient_does_not_stop_the_others(runtime, fake_twilio: FakeTwilio) -> None:
+    others = ["+525512340001", "+525512340002"]
+    queue(runtime, "hola")
+    for phone in others:
+        queue(runtime, "hola", phone=phone)
+    fake_twilio.fail_next(Failure(400, 21211))
+    done = runtime.outbox.dispatch(fixed(T0))
+    assert (done.failed, done.sent) == (1, 2)
+    assert [m.to for m in fake_twilio.messages] == others
+
+
+# -- opted out while queued ------------------------------------------------------------------------
+
+
+def test_queued_message_is_cancelled_when_the_learner_opts_out(runtime, fake_twilio: FakeTwilio) -> None:
+    queue(runtime, "SEGURIDAD")
+    assert [r.status for r in rows(runtime)] == ["queued"] * 3
+    assert queue(runtime, "STOP", now=T0 + timedelta(seconds=1)).replies == 0
+    assert [r.status for r in rows(runtime)] == ["cancelled"] * 3
+    assert runtime.outbox.dispatch(fixed(T0 + timedelta(seconds=2))).total() == 0
+    assert fake_twilio.requests == 0
+
+
+def test_claim_cancels_rows_of_a_learner_who_opted_out_meanwhile(runtime, fake_twilio: FakeTwilio) -> None:
+    """An opt-out committed by another process after the row was queued (no cancel ran on it)."""
+    queue(runtime, "hola")
+    with runtime.factory() as session, session.begin():
+        session.execute(update(Learner).values(opted_out_at=T0))
+    done = runtime.outbox.dispatch(fixed(T0 + timedelta(seconds=1)))
+    assert done.sent == 0
+    [row] = rows(runtime)
+    assert row.status == "cancelled"
+    assert events(runtime, row.id) == [("cancelled", None)]
+    assert fake_twilio.requests == 0
+
+
+# -- crash recovery --------------------------------------------------------------------------------
+
+
+def test_reply_claimed_by_a_dead_process_is_sent_after_recovery(runtime, fake_twilio: FakeTwilio) -> None:
+    queue(runtime, "hola")
+    claimed = runtime.outbox.claim(T0)  # ... and the process dies before sending
+    assert len(claimed) == 1
+    assert runtime.outbox.dispatch(fixed(T0 + timedelta(seconds=5))).total() == 0  # still claimed
+    assert runtime.outbox.recover(T0 + timedelta(seconds=30)) == 0  # claim not expired yet
+    assert runtime.outbox.recover(T0 + timedelta(seconds=61)) == 1
+    assert runtime.outbox.dispatch(fixed(T0 + timedelta(seconds=62))).sent == 1
+    assert len(fake_twilio.messages) == 1
+    [row] = rows(runtime)
+    assert (row.status, row.attempts) == ("sent", 2)
+
+
+def test_rows_are_unique_per_idempotency_key(runtime) -> None:
+    received = queue(runtime, "SEGURIDAD")
+    with runtime.factory() as session:
+        keys = list(session.scalars(select(OutboundMessage.idempotency_key)))
+        assert len(keys) == len(set(keys)) == received.replies
+        assert session.scalar(select(func.count()).select_from(OutboundMessage)) == 3
+
+
+# -- latency through the real dispatcher thread ----------------------------------------------------
+
+
+def test_replies_reach_twilio_within_a_second(twilio: TwilioWebhook, fake_twilio: FakeTwilio) -> None:
+    response = twilio.sms(PHONE, "hola")
+    returned = time.monotonic()
+    assert response.status_code == 200
+    fake_twilio.wait_for(1, timeout=5)
+    assert time.monotonic() - returned < 2.0
+
+    time.sleep(1.5)  # the dispatcher has gone idle; the next reply must not wait for its idle tick
+    response = twilio.sms(PHONE, "SEGURIDAD")
+    returned = time.monotonic()
+    sent = fake_twilio.wait_for(4, timeout=5)
+    assert time.monotonic() - returned < 2.0
+    assert sent[1].body.startswith("Te inscribiste")
+    assert sent[3].body.startswith("Pregunta 1 de 3")
+
+
+def test_webhook_answers_fast_even_when_twilio_is_slow(twilio: TwilioWebhook, fake_twilio: FakeTwilio) -> None:
+    """Replies do not ride in the webhook: a slow REST API does not slow the webhook down."""
+    fake_twilio.fail_next(Failure(500, delay=3.0))
+    twilio.sms(PHONE, "hola")  # the dispatcher now waits on the slow fake
+    time.sleep(0.2)
+    started = time.monotonic()
+    response = twilio.sms("+525512340009", "hola")
+    assert response.status_code == 200
+    assert time.monotonic() - started < 1.0
