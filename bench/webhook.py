@@ -412,6 +412,7 @@ class Result:
     note: str = ""
     delivered: dict[str, int] = field(default_factory=dict)
     reply_lags: list[float] = field(default_factory=list)  # seconds, webhook answered -> fake Twilio got it
+    drain_cpu: float = 0.0  # app CPU seconds spent while only the dispatchers worked, after the load
 
 
 def _database(backend: str, workdir: Path) -> tuple[str, str | None]:
@@ -519,11 +520,16 @@ def bench_backend(backend: str, args: argparse.Namespace) -> list[Result]:
                 if target == "vereda":
                     with fake.lock:
                         during = len(fake.messages) - before
+                    cpu0 = _tree_cpu_seconds(server.proc.pid)
                     drained_in = _wait_for_drain(fake, database_url, args.drain)
+                    drain_cpu = _tree_cpu_seconds(server.proc.pid) - cpu0
                     with fake.lock:
                         total = len(fake.messages)
                     result.delivered = {"during": during, "total": total, **_outbox_counts(database_url)}
                     result.delivered["drained_in_ms"] = drained_in
+                    # After the load: only the dispatchers work, so their CPU per message shows.
+                    result.delivered["after"] = total - before - during
+                    result.drain_cpu = drain_cpu
                     result.reply_lags = _reply_lags(database_url, phase, fake.messages.arrived)
                 if server.proc.poll() is not None:
                     result.note = f"gunicorn exited with {server.proc.returncode}"
@@ -635,12 +641,15 @@ def report(results: list[Result], args: argparse.Namespace) -> bool:
         d = vereda.delivered
         if d:
             outbox = ", ".join(f"{k} {n}" for k, n in sorted(d.items())
-                               if k not in {"during", "total", "drained_in_ms"})
+                               if k not in {"during", "total", "drained_in_ms", "after"})
             drained = (f"outbox empty {d['drained_in_ms']} ms after the load stopped" if d["drained_in_ms"] >= 0
                        else f"outbox NOT empty {args.drain:g} s after the load stopped")
             print(f"{backend}: fake Twilio received {d['during']} messages during the measured "
                   f"{v.elapsed:.0f} s ({d['during'] / v.elapsed:.1f}/s), {d['total']} in all (warm-up included); "
                   f"outbox rows: {outbox}; {drained}")
+            if d["after"] >= 50:
+                print(f"{backend}: dispatchers alone (after the load): {d['after']} messages, "
+                      f"{1000 * vereda.drain_cpu / d['after']:.1f} ms app CPU per message")
         if vereda.reply_lags:
             lags = sorted(vereda.reply_lags)
             within = sum(1 for lag in lags if lag <= 1.0)
@@ -710,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: stopping servers", file=sys.stderr)
         _stop_all()
         return 130
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     finally:
         _stop_all()
     ok = report(results, args)

@@ -33,6 +33,7 @@ COURSE_KEYS = (
     "pass_mark",
     "channels",
     "whatsapp_template",
+    "whatsapp_buttons",
 )
 LESSON_KEYS = ("title", "body", "sms", "quiz", "source")
 QUESTION_KEYS = ("ask", "options", "answer", "explain")
@@ -169,6 +170,7 @@ class _CourseDraft:
             "pass_mark": get("pass_mark", r.pass_mark, DEFAULT_PASS_MARK),
             "channels": get("channels", r.channels, CHANNELS),
             "whatsapp_template": get("whatsapp_template", r.template, None),
+            "whatsapp_buttons": get("whatsapp_buttons", r.template, None),
         }
         self.problems += sorted(r.problems, key=lambda problem: problem.line)
         return settings

@@ -31,6 +31,7 @@ class Outbound:
     choices: tuple[str, ...] = ()
     kind: str = "reply"  # reply, lesson, question
     ref: str | None = None  # what a button press on this message answers: "q:<course>:<lesson>:<q>", menu, lang
+    quick_reply: str | None = None  # the course's WhatsApp quick-reply template, for questions
 
 
 @dataclass
@@ -404,7 +405,7 @@ def send_question(learner: LearnerState, course: Course, enrolment: EnrolmentSta
     question = lesson.quiz[enrolment.question]
     text = question_text(question, language, enrolment.question + 1, len(lesson.quiz), channel)
     options = tuple(o[language].strip() for o in question.options)
-    out.append(Outbound(text, options, "question", question_ref(course, enrolment)))
+    out.append(Outbound(text, options, "question", question_ref(course, enrolment), course.whatsapp_buttons))
 
 
 def question_ref(course: Course, enrolment: EnrolmentState) -> str:

@@ -53,6 +53,9 @@ class Course:
     channels: tuple[str, ...]
     lessons: tuple[Lesson, ...]
     whatsapp_template: str | None = None
+    # A twilio/quick-reply Content template: body {{1}}, buttons titled {{2}} {{3}} {{4}} with ids 1 2 3.
+    # Questions with up to three options go out with it on WhatsApp; others as numbered text.
+    whatsapp_buttons: str | None = None
 
 
 @dataclass(frozen=True)

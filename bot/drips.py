@@ -122,7 +122,7 @@ def _drip_one(factory: sessionmaker[Session], enrolment_id: int, ctx: conv.Conte
         for n, message in enumerate(out):
             enqueue(session, key=f"lesson:{row.id}:{index}:{n}", learner_id=learner.id, channel=row.channel,
                     to_address=address, kind="lesson", now=ctx.now, priority=BULK_PRIORITY,
-                    parts=sender.render(row.channel, message.text, message.choices), ref=message.ref,
-                    status="held" if held else "queued", reason=reason)
+                    parts=sender.render(row.channel, message.text, message.choices, message.quick_reply),
+                    ref=message.ref, status="held" if held else "queued", reason=reason)
         log.info("lesson %d of %s queued for learner %d", index + 1, course.id, learner.id)
         return 1

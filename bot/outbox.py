@@ -60,7 +60,7 @@ def enqueue(
             from_address=from_address, body=part.body, choices=list(part.buttons) or None, kind=kind,
             priority=priority, ref=ref, status=status, attempts=0, next_attempt_at=now, created_at=now,
             updated_at=now, erase_after_send=erase_after_send, error_message=reason,
-            content_sid=content_sid, content_variables=content_variables,
+            content_sid=part.content_sid or content_sid, content_variables=part.content_variables or content_variables,
         )
         session.add(row)
         rows.append(row)

@@ -32,6 +32,7 @@ class Envelope:
     media_count: int = 0
     choice: int | None = None
     ref: str | None = None
+    replied_to: str | None = None  # the provider id of our message a button reply answers (WhatsApp)
     course_start: str | None = None
     to: str | None = None  # our own address the learner wrote to
     telegram_chat_id: int | None = None
@@ -180,9 +181,13 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
             # This message answers our template (the window was closed): the held lesson is the reply.
             return Received(duplicate=False)
         state = load_state(session, learner, is_new)
+        ref = envelope.ref
+        if envelope.replied_to and ref is None:
+            ref = session.scalar(select(OutboundMessage.ref).where(
+                OutboundMessage.provider_id == envelope.replied_to)) or None
         effects = conv.respond(state, conv.Inbound(
             channel=envelope.channel, text=envelope.text, media_count=envelope.media_count,
-            choice=envelope.choice, ref=envelope.ref, course_start=envelope.course_start), ctx)
+            choice=envelope.choice, ref=ref, course_start=envelope.course_start), ctx)
         learner_id: int | None = learner.id
         if effects.erase:
             erase_learner(session, learner.id)
@@ -200,6 +205,6 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
         for n, reply in enumerate(effects.replies):
             enqueue(session, key=f"in:{inbound.id}:{n}", learner_id=learner_id, channel=channel,
                     to_address=envelope.address, from_address=envelope.to, kind=reply.kind, now=now,
-                    parts=sender.render(envelope.channel, reply.text, reply.choices),
+                    parts=sender.render(envelope.channel, reply.text, reply.choices, reply.quick_reply),
                     erase_after_send=effects.erase, ref=reply.ref)
         return Received(duplicate=False, replies=len(effects.replies))

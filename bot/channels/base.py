@@ -12,6 +12,8 @@ class Rendered:
 
     body: str
     buttons: tuple[str, ...] = ()
+    content_sid: str | None = None  # a provider template that carries the buttons (WhatsApp quick replies)
+    content_variables: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class SendResult:
 class Sender(Protocol):
     channels: tuple[str, ...]
 
-    def render(self, channel: str, text: str, choices: tuple[str, ...]) -> list[Rendered]: ...
+    def render(self, channel: str, text: str, choices: tuple[str, ...],
+               quick_reply: str | None = None) -> list[Rendered]: ...
 
     def send(self, message: Outgoing) -> SendResult: ...
 

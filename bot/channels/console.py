@@ -16,7 +16,8 @@ class ConsoleSender:
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
 
-    def render(self, channel: str, text: str, choices: tuple[str, ...]) -> list[Rendered]:
+    def render(self, channel: str, text: str, choices: tuple[str, ...],
+               quick_reply: str | None = None) -> list[Rendered]:
         return [Rendered(numbered(text, choices))]
 
     def send(self, message: Outgoing) -> SendResult:

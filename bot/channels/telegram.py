@@ -125,7 +125,8 @@ class TelegramSender:
 
         return self.loop.run(run(), timeout=self.timeout * 2)
 
-    def render(self, channel: str, text: str, choices: tuple[str, ...]) -> list[Rendered]:
+    def render(self, channel: str, text: str, choices: tuple[str, ...],
+               quick_reply: str | None = None) -> list[Rendered]:
         pieces = split_text(text, TEXT_LIMIT)
         return [Rendered(piece, choices if n == len(pieces) - 1 else ()) for n, piece in enumerate(pieces)]
 

@@ -18,6 +18,9 @@ from bot.config import Settings
 # Twilio's client logs every request's parameters (numbers and bodies) at INFO: keep it quieter.
 logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
+QUICK_REPLY_MAX = 3  # buttons WhatsApp allows in session without template approval
+QUICK_REPLY_BODY = 1024
+QUICK_REPLY_TITLE = 20  # WhatsApp's limit on a button title
 BODY_LIMIT = 1600  # Twilio rejects longer bodies (error 21617)
 OPT_OUT_CODES = {"21610", "63014"}  # unsubscribed (STOP) / blocked on WhatsApp
 INVALID_CODES = {"21211", "21614", "30005", "30006", "63024"}
@@ -38,6 +41,7 @@ class TwilioInbound:
     text: str
     media_count: int
     button_payload: str | None
+    replied_to: str | None  # OriginalRepliedMessageSid: which of our messages a button reply answers
     profile_name: str | None
 
 
@@ -78,6 +82,7 @@ def parse_inbound(form: Mapping[str, str]) -> TwilioInbound:
         text=form.get("Body") or "",
         media_count=media_count + (1 if form.get("Latitude") else 0),
         button_payload=form.get("ButtonPayload") or None,
+        replied_to=form.get("OriginalRepliedMessageSid") or None,
         profile_name=form.get("ProfileName") or None,
     )
 
@@ -96,7 +101,12 @@ class TwilioSender:
         # The SDK builds every Messages URL from this domain's base_url.
         self.client.api.base_url = settings.twilio_api_base_url
 
-    def render(self, channel: str, text: str, choices: tuple[str, ...]) -> list[Rendered]:
+    def render(self, channel: str, text: str, choices: tuple[str, ...],
+               quick_reply: str | None = None) -> list[Rendered]:
+        if channel == "whatsapp" and quick_reply and 0 < len(choices) <= QUICK_REPLY_MAX \
+                and len(text) <= QUICK_REPLY_BODY and all(len(c) <= QUICK_REPLY_TITLE for c in choices):
+            variables = {"1": text} | {str(n): choice for n, choice in enumerate(choices, start=2)}
+            return [Rendered(numbered(text, choices), choices, quick_reply, variables)]
         # System texts arrive GSM-7-friendly already (messages.say); lesson text is as its author wrote it.
         body = numbered(text, choices)
         return [Rendered(piece) for piece in split_text(body, BODY_LIMIT)]

@@ -49,7 +49,8 @@ def twilio_inbound() -> Response:
     payload = message.button_payload or ""
     choice = int(payload) if payload.isdigit() else None
     envelope = Envelope(channel=message.channel, provider_id=message.message_sid, address=message.address,
-                        text=message.text, media_count=message.media_count, choice=choice, to=message.to or None)
+                        text=message.text, media_count=message.media_count, choice=choice, to=message.to or None,
+                        replied_to=message.replied_to if choice is not None else None)
     try:
         receive(runtime.factory, envelope, runtime.context(utcnow()), runtime.senders)
     except BadAddress as error:
