@@ -76,7 +76,8 @@ def load(tmp_path, monkeypatch):
 C = "courses/alfa/course.yaml"
 L = "courses/alfa/01-uno.yaml"
 COURSE_KEYS = (
-    "title, description, keywords, languages, schedule, timezone, pass_mark, channels, whatsapp_template, whatsapp_buttons"
+    "title, description, keywords, languages, schedule, timezone, pass_mark, channels, "
+    "whatsapp_template, whatsapp_buttons"
 )
 
 CASES = [
