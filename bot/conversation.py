@@ -425,8 +425,34 @@ def deliver_lesson(learner: LearnerState, course: Course, enrolment: EnrolmentSt
     if lesson.quiz:
         enrolment.question = 0
         send_question(learner, course, enrolment, channel, out)
+        # If the quiz is still open at the next lesson time, a reminder goes out instead.
+        enrolment.next_due_at = next_due(learner, course, ctx)
     else:
         finish_lesson(learner, course, enrolment, channel, ctx, out, scored=False)
+
+
+MAX_REMINDERS = 3
+
+
+def next_due(learner: LearnerState, course: Course, ctx: Context) -> datetime:
+    """The learner's next lesson time: tomorrow (or the next course day) at their hour, out of quiet hours."""
+    zone = learner.timezone or course.timezone
+    return next_lesson_at(ctx.now, zone, course.schedule, ctx.quiet_hours, learner.preferred_hour)
+
+
+def remind(learner: LearnerState, course: Course, enrolment: EnrolmentState, channel: str, ctx: Context,
+           out: list[Outbound]) -> None:
+    """A day passed with the quiz open: remind once a day; after 3 ignored reminders, pause and say so."""
+    language = learner.language if learner.language in course.languages else course.languages[0]
+    title = course.title[language]
+    if enrolment.reminders >= MAX_REMINDERS:
+        enrolment.state, enrolment.next_due_at = "paused", None
+        out.append(Outbound(say("paused_after_reminders", language, channel, course=title)))
+        return
+    enrolment.reminders += 1
+    out.append(Outbound(say("reminder", language, channel, course=title)))
+    send_question(learner, course, enrolment, channel, out)
+    enrolment.next_due_at = next_due(learner, course, ctx)
 
 
 def finish_lesson(learner: LearnerState, course: Course, enrolment: EnrolmentState, channel: str,
@@ -449,7 +475,7 @@ def finish_lesson(learner: LearnerState, course: Course, enrolment: EnrolmentSta
         out.append(Outbound(f"{line}\n{result}".strip()))
         return
     zone = learner.timezone or course.timezone
-    due = next_lesson_at(ctx.now, zone, course.schedule, ctx.quiet_hours, learner.preferred_hour)
+    due = next_due(learner, course, ctx)
     enrolment.next_due_at = due
     when_key, values = describe_when(due, ctx.now, zone)
     if "weekday" in values:

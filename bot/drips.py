@@ -56,12 +56,11 @@ def window_closed_hook(catalog: Catalog):  # type: ignore[no-untyped-def]
 
 
 def due_enrolments(session: Session, now: datetime, limit: int) -> list[int]:
-    """Ids of active enrolments whose next lesson is due, the quiz before it finished, not opted out."""
+    """Ids of active enrolments due a lesson (quiz finished) or a reminder (quiz open), not opted out."""
     query = (
         select(Enrolment.id)
         .join(Learner, Learner.id == Enrolment.learner_id)
-        .where(Enrolment.state == "active", Enrolment.question.is_(None), Enrolment.next_due_at <= now,
-               Learner.opted_out_at.is_(None))
+        .where(Enrolment.state == "active", Enrolment.next_due_at <= now, Learner.opted_out_at.is_(None))
         .order_by(Enrolment.next_due_at)
         .limit(limit)
     )
@@ -88,13 +87,15 @@ def _drip_one(factory: sessionmaker[Session], enrolment_id: int, ctx: conv.Conte
         row = session.scalars(
             select(Enrolment).where(Enrolment.id == enrolment_id).with_for_update(skip_locked=True)
         ).first()
-        if row is None or row.state != "active" or row.question is not None or row.next_due_at is None \
-                or row.next_due_at > ctx.now:
+        if row is None or row.state != "active" or row.next_due_at is None or row.next_due_at > ctx.now:
             return 0  # someone else took it, or it changed since we looked
         course = ctx.catalog.get(row.course_id)
         learner = session.get(Learner, row.learner_id)
         sender = senders.get(row.channel)
-        if course is None or learner is None or learner.opted_out or sender is None:
+        if learner is None or learner.opted_out or sender is None:
+            return 0
+        if course is None or row.position + 1 >= len(course.lessons) and row.question is None:
+            row.next_due_at = None  # the course is gone or has no further lesson: nothing is due any more
             return 0
         contact = session.scalars(select(LearnerAddress).where(
             LearnerAddress.learner_id == learner.id, LearnerAddress.channel == row.channel)
@@ -105,24 +106,27 @@ def _drip_one(factory: sessionmaker[Session], enrolment_id: int, ctx: conv.Conte
         held = row.channel == "whatsapp" and not window_open(contact.last_inbound_at, ctx.now)
         state = load_state(session, learner, is_new=False)
         enrolment = state.enrolments[row.course_id]
-        index = enrolment.position + 1
-        if index >= len(course.lessons):
-            return 0
         out: list[conv.Outbound] = []
-        conv.deliver_lesson(state, course, enrolment, index, row.channel, ctx, out)
+        if row.question is not None:  # the quiz is still open: a reminder instead of a lesson
+            index, kind = row.position, "reminder"
+            key = f"reminder:{row.id}:{row.position}:{row.question}:{row.reminders}"
+            conv.remind(state, course, enrolment, row.channel, ctx, out)
+        else:
+            index, kind = row.position + 1, "lesson"
+            key = f"lesson:{row.id}:{index}"
+            conv.deliver_lesson(state, course, enrolment, index, row.channel, ctx, out)
         save_state(session, learner, state, conv.Effects(), ctx.now)
         reason = None
         if held:
             reason = TEMPLATE_SENT if course.whatsapp_template else NO_TEMPLATE
             if course.whatsapp_template:
-                queue_template(session, course, learner.id, address, f"template:{row.id}:{index}", index + 1,
-                               ctx.now)
+                queue_template(session, course, learner.id, address, f"template:{key}", index + 1, ctx.now)
             else:
                 log.warning("enrolment %d: %s", row.id, NO_TEMPLATE)
         for n, message in enumerate(out):
-            enqueue(session, key=f"lesson:{row.id}:{index}:{n}", learner_id=learner.id, channel=row.channel,
-                    to_address=address, kind="lesson", now=ctx.now, priority=BULK_PRIORITY,
+            enqueue(session, key=f"{key}:{n}", learner_id=learner.id, channel=row.channel,
+                    to_address=address, kind=kind, now=ctx.now, priority=BULK_PRIORITY,
                     parts=sender.render(row.channel, message.text, message.choices, message.quick_reply),
                     ref=message.ref, status="held" if held else "queued", reason=reason)
-        log.info("lesson %d of %s queued for learner %d", index + 1, course.id, learner.id)
+        log.info("%s for lesson %d of %s queued for learner %d", kind, index + 1, course.id, learner.id)
         return 1

@@ -102,6 +102,17 @@ TEXTS: dict[str, dict[str, str]] = {
         "es": "Lecciones diarias en pausa. Escribe SEGUIR para continuar.",
         "en": "Daily lessons paused. Send RESUME to continue.",
     },
+    "reminder": {
+        "es": "Recordatorio de «{course}»: tienes una pregunta pendiente. La próxima lección llega cuando "
+        "la respondas.",
+        "en": "Reminder from “{course}”: a question is waiting for you. The next lesson comes once you answer it.",
+    },
+    "paused_after_reminders": {
+        "es": "Pausamos «{course}» porque no hubo respuesta en 3 días. Escribe SEGUIR para continuar "
+        "o BAJA para no recibir más mensajes.",
+        "en": "We paused “{course}” after 3 days without an answer. Send RESUME to continue or STOP to "
+        "receive no more messages.",
+    },
     "resumed": {
         "es": "Lecciones diarias activadas de nuevo.",
         "en": "Daily lessons are back on.",

@@ -249,7 +249,8 @@ def test_choosing_a_course_from_the_menu_enrols_and_sends_lesson_1_then_question
     enrolment = chat.enrolment
     assert (enrolment.position, enrolment.question, enrolment.state) == (0, 0, "active")
     assert enrolment.channel == "whatsapp"
-    assert enrolment.next_due_at is None
+    # With the quiz open, the next due time is for a reminder: tomorrow at the course hour (09:00 local).
+    assert enrolment.next_due_at == NOW + timedelta(days=1)
 
 
 @pytest.mark.parametrize("keyword", ["SEGURIDAD", "seguridad", "Security.", "¡SEGURIDAD!"])
@@ -547,7 +548,9 @@ def test_next_after_the_quiz_delivers_the_next_lesson_at_once() -> None:
         Out(L3.text_for("es", "whatsapp"), (), "lesson"),
         Out(question_text(1, 1, Q3.ask["es"]), ("A nadie", "Al consulado"), "question"),
     ]
-    assert (chat.enrolment.position, chat.enrolment.question, chat.enrolment.next_due_at) == (2, 0, None)
+    # The quiz of lesson 3 is open: the next due time is a reminder tomorrow at 09:00 local.
+    assert (chat.enrolment.position, chat.enrolment.question) == (2, 0)
+    assert chat.enrolment.next_due_at == NOW + timedelta(days=1)
 
 
 def test_next_without_any_course() -> None:
