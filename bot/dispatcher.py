@@ -53,12 +53,14 @@ class Dispatcher:
         recovered_at = 0.0
         while not self._stop.is_set():
             self._event.clear()
+            wait = self.idle
             try:
                 monotonic = time.monotonic()
                 if monotonic - recovered_at > 30:
                     self.outbox.recover(self.clock())
                     recovered_at = monotonic
-                self.outbox.dispatch(self.clock, stop=self._stop.is_set)
+                if self.outbox.dispatch(self.clock, stop=self._stop.is_set).throttled:
+                    wait = min(self.idle, 0.2)  # messages wait for their rate limit: look again soon
             except Exception:  # the database or a sender failed unexpectedly: log, wait, go on
                 log.exception("dispatcher pass failed")
-            self._event.wait(self.idle)
+            self._event.wait(wait)

@@ -259,3 +259,13 @@ class Broadcast(Base):
     created_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime]
     released_at: Mapped[datetime | None]
+
+
+class RateBucket(Base):
+    """A token bucket per sender, shared by every process that sends (RATE_LIMITS)."""
+
+    __tablename__ = "rate_buckets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float]
+    updated_at: Mapped[datetime]

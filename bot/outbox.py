@@ -16,6 +16,7 @@ from bot.channels.base import Outgoing, Rendered, Sender, SendResult
 from bot.db import transaction
 from bot.identity import mask
 from bot.models import Learner, MessageEvent, OutboundMessage
+from bot.ratelimit import RateLimiter, cost
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Dispatch:
     failed: int = 0
     retried: int = 0
     skipped: int = 0
+    throttled: bool = False  # due messages are waiting for their rate limit
 
     def total(self) -> int:
         return self.sent + self.failed + self.retried + self.skipped
@@ -90,8 +92,11 @@ class Outbox:
 
     def __init__(self, factory: sessionmaker[Session], senders: Mapping[str, Sender],
                  status_callback: str | None = None,
-                 on_window_closed: Callable[[Session, OutboundMessage, datetime], None] | None = None) -> None:
+                 on_window_closed: Callable[[Session, OutboundMessage, datetime], None] | None = None,
+                 limiter: RateLimiter | None = None) -> None:
         self.factory = factory
+        self.limiter = limiter
+        self.throttled = False  # set when a claim left due messages waiting for their rate limit
         self.senders = senders
         self.status_callback = status_callback
         self.on_window_closed = on_window_closed
@@ -117,14 +122,20 @@ class Outbox:
         token = str(uuid.uuid4())
         with transaction(self.factory) as session:
             due = (
-                select(OutboundMessage.id)
+                select(OutboundMessage.id, OutboundMessage.channel, OutboundMessage.body, OutboundMessage.content_sid)
                 .where(OutboundMessage.status == "queued", OutboundMessage.next_attempt_at <= now,
                        OutboundMessage.channel.in_(list(self.senders)))
                 .order_by(OutboundMessage.priority, OutboundMessage.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
-            ids = list(session.scalars(due))
+            candidates = session.execute(due).all()
+            if self.limiter is None:
+                ids = [row.id for row in candidates]
+            else:
+                priced = [(row.id, row.channel, cost(row.channel, row.body, row.content_sid)) for row in candidates]
+                ids, throttled = self.limiter.allow(session, priced)
+                self.throttled = self.throttled or throttled
             if not ids:
                 return []
             session.execute(
@@ -225,8 +236,10 @@ class Outbox:
         `stop()` turning true (shutdown) ends the pass between two sends; unsent claims are handed back.
         """
         done = Dispatch()
+        self.throttled = False
         while (budget_rows is None or done.total() < budget_rows) and not stop():
             batch = self.claim(now_fn())
+            done.throttled = self.throttled
             if not batch:
                 break
             for index, message in enumerate(batch):

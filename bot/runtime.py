@@ -18,6 +18,7 @@ from bot.db import make_engine, make_sessionmaker, migrate
 from bot.dispatcher import Dispatcher
 from bot.drips import window_closed_hook
 from bot.outbox import Outbox
+from bot.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ def build(settings: Settings, senders: dict[str, Sender] | None = None) -> Runti
         log.warning("no valid courses in %s", settings.lessons_dir)
     senders = make_senders(settings) if senders is None else senders
     callback = f"{settings.public_base_url}/webhooks/twilio/status" if settings.public_base_url else None
-    outbox = Outbox(factory, senders, status_callback=callback, on_window_closed=window_closed_hook(catalog))
+    limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
+    outbox = Outbox(factory, senders, status_callback=callback, on_window_closed=window_closed_hook(catalog),
+                    limiter=limiter)
     return Runtime(settings, engine, factory, catalog, senders, outbox, Dispatcher(outbox),
                    [str(p) for p in problems])

@@ -47,7 +47,9 @@ def tick(runtime: Runtime, now: datetime | None = None, budget: float = 50.0) ->
         report.failed += done.failed
         report.retried += done.retried
         if done.total() == 0:
-            break
+            if not done.throttled:
+                break
+            time.sleep(0.1)  # due messages wait for their rate limit: keep going until the budget is spent
     return report
 
 
