@@ -7,6 +7,7 @@ import signal
 
 from flask import Flask
 
+from bot.auth import app_secret
 from bot.config import Settings
 from bot.runtime import Runtime, build
 
@@ -16,7 +17,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = Flask(__name__)
-    app.extensions["vereda"] = runtime or build(settings)
+    runtime = runtime or build(settings)
+    app.extensions["vereda"] = runtime
+    # The session-signing key is made once and kept in the database: every worker shares it, and no
+    # operator has to configure one.
+    app.secret_key = app_secret(runtime.factory, "flask-session")
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=(settings.public_base_url or "").startswith("https://"),
+        MAX_CONTENT_LENGTH=1024 * 1024,  # webhooks and forms are small; refuse megabytes early
+    )
 
     from bot.web import health, telegram, webhooks
 

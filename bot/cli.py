@@ -259,6 +259,83 @@ def broadcast_cancel(broadcast_id: int) -> None:
 
 
 @main.group()
+def admin() -> None:
+    """Coordinators' accounts and API tokens."""
+
+
+@admin.command("create-user")
+@click.option("--email", required=True)
+@click.option("--role", required=True, type=click.Choice(["admin", "coordinator", "viewer"]))
+def admin_create_user(email: str, role: str) -> None:
+    """Create a console account. The password is asked for (or read from standard input); with none
+    given, a strong one is made and printed once."""
+    import secrets
+
+    from bot.auth import AuthError, create_user
+    from bot.dispatcher import utcnow
+
+    if sys.stdin.isatty():
+        password = click.prompt("password (empty: make one)", hide_input=True, default="", show_default=False,
+                                confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    made = not password
+    if made:
+        password = secrets.token_urlsafe(15)
+    runtime = _runtime(_settings())
+    try:
+        user_id = create_user(runtime.factory, email, role, password, utcnow())
+    except AuthError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"user {user_id} created: {email.strip().lower()} ({role})")
+    if made:
+        click.echo(f"password (shown once): {password}")
+
+
+@admin.command("create-token")
+@click.option("--role", required=True, type=click.Choice(["admin", "coordinator", "viewer"]))
+@click.option("--label", help="what the token is for")
+def admin_create_token(role: str, label: str | None) -> None:
+    """Create an API bearer token; the token alone is printed on the last line, once."""
+    from bot.auth import create_token
+    from bot.dispatcher import utcnow
+
+    runtime = _runtime(_settings())
+    token = create_token(runtime.factory, role, utcnow(), label)
+    click.echo(f"token for role {role} (store it now: it is not kept):")
+    click.echo(token)
+
+
+@admin.command("list-tokens")
+def admin_list_tokens() -> None:
+    """API tokens (never the tokens themselves): id, role, label, state."""
+    from sqlalchemy import select
+
+    from bot.models import ApiToken
+
+    runtime = _runtime(_settings())
+    with runtime.factory() as session:
+        for row in session.scalars(select(ApiToken).order_by(ApiToken.id)):
+            state = "revoked" if row.revoked_at else "active"
+            click.echo(f"{row.id}\t{row.role}\t{state}\t{row.label or ''}")
+
+
+@admin.command("revoke-token")
+@click.argument("token_id", type=int)
+def admin_revoke_token(token_id: int) -> None:
+    """Revoke an API token by its id (see list-tokens)."""
+    from bot.auth import AuthError, revoke_token
+    from bot.dispatcher import utcnow
+
+    runtime = _runtime(_settings())
+    try:
+        revoke_token(runtime.factory, token_id, utcnow())
+    except AuthError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"token {token_id} revoked")
+
+
+@main.group()
 def telegram() -> None:
     """Telegram bot webhook, for operators (uses TELEGRAM_* and PUBLIC_BASE_URL)."""
 
