@@ -103,7 +103,11 @@ class Preview:
 
 def preview(session: Session, text: dict[str, str], segment: dict[str, str]) -> Preview:
     """Who would receive it, per channel, and what it costs on SMS; sends nothing."""
-    query = recipients_query(segment).subquery()
+    # One row per learner: the address `materialise` picks (the one they wrote from last), so a person on
+    # SMS and WhatsApp is counted once, on the channel that will carry the message.
+    ranked = recipients_query(segment).add_columns(func.row_number().over(
+        partition_by=Learner.id, order_by=LearnerAddress.last_inbound_at.desc()).label("pick")).subquery()
+    query = select(ranked).where(ranked.c.pick == 1).subquery()
     per_channel: dict[str, int] = dict(session.execute(  # type: ignore[arg-type]
         select(query.c.channel, func.count(func.distinct(query.c.id))).group_by(query.c.channel)).all())
     per_language: dict[str, int] = dict(session.execute(  # type: ignore[arg-type]
@@ -191,9 +195,12 @@ def materialise(factory: sessionmaker[Session], broadcast_id: int, senders: dict
             values = _rows(broadcast, list(rows), senders, now, quiet)
             if values:
                 insert = (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)  # type: ignore[union-attr]
-                statement = insert(OutboundMessage).on_conflict_do_nothing(index_elements=["idempotency_key"])
-                result = session.execute(statement, values)
-                added += max(int(result.rowcount or 0), 0)  # type: ignore[attr-defined]
+                # Core insert with RETURNING: counts the rows really added (an ORM bulk insert has no rowcount
+                # in SQLAlchemy 2.1, and executemany rowcounts are not reliable on every driver).
+                table = OutboundMessage.__table__
+                statement = (insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"])  # type: ignore[arg-type]
+                             .returning(table.c.id))  # type: ignore[attr-defined]
+                added += len(session.execute(statement, values).all())
             broadcast.cursor = rows[-1].id
             broadcast.recipients = broadcast.recipients + len({v["learner_id"] for v in values})
 

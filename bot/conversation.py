@@ -145,6 +145,8 @@ class Turn:
             self._enrol(course)
         elif self.learner.pending == "menu" and self._menu_choice(text):
             pass
+        elif start is not None:  # Telegram /start without a known course, also mid-quiz: never an answer
+            self._menu(welcome=True)
         elif self._awaiting_answer():
             self._answer(text)
         elif self.learner.is_new or not self.learner.enrolments or start is not None:

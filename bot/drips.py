@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, any_, bindparam, func, literal_column, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import conversation as conv
 from bot.channels.base import Rendered, Sender
 from bot.courses import Catalog, Course
 from bot.db import transaction
-from bot.models import Enrolment, Learner, LearnerAddress, OutboundMessage
+from bot.models import Answer, Base, Enrolment, Learner, LearnerAddress, OutboundMessage
 from bot.outbox import enqueue
-from bot.services import load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,19 @@ def window_closed_hook(catalog: Catalog):  # type: ignore[no-untyped-def]
         if learner is None or course is None or not course.whatsapp_template:
             return
         row.error_message = TEMPLATE_SENT
-        queue_template(session, course, learner.id, row.to_address, f"template:{row.id}", 0, now)
+        # One template per silence: not one per held message (each of them may come back with 63016).
+        last_inbound = session.scalar(select(LearnerAddress.last_inbound_at).where(
+            LearnerAddress.channel == "whatsapp", LearnerAddress.address == row.to_address))
+        pending = select(OutboundMessage.id).where(
+            OutboundMessage.learner_id == learner.id, OutboundMessage.kind == "template",
+            OutboundMessage.status.not_in(("failed", "cancelled")))
+        if last_inbound is not None:
+            pending = pending.where(OutboundMessage.created_at >= last_inbound)
+        if session.scalar(pending.limit(1)) is not None:
+            return
+        position = session.scalar(select(Enrolment.position).where(
+            Enrolment.learner_id == learner.id, Enrolment.course_id == course.id)) or 0
+        queue_template(session, course, learner.id, row.to_address, f"template:{row.id}", position + 1, now)
 
     return hook
 
@@ -67,66 +81,295 @@ def due_enrolments(session: Session, now: datetime, limit: int) -> list[int]:
     return list(session.scalars(query))
 
 
+PLAN_LIMIT = 5000  # enrolments one call (one scheduler tick) plans at most
+PLAN_BATCH = 1000  # enrolments per transaction
+OUTBOX = Base.metadata.tables["outbound_messages"]
+ENROLMENTS = Base.metadata.tables["enrolments"]
+# The outbox columns that differ between a batch's rows; the others are the same for all (see _write).
+_VARYING = ("idempotency_key", "learner_id", "channel", "to_address", "body", "choices", "ref", "content_sid",
+            "content_variables", "kind", "status", "error_message")
+_CONSTANT = ("from_address", "priority", "attempts", "next_attempt_at", "erase_after_send", "created_at", "updated_at")
+_CHANGED = ("position", "question", "state", "next_due_at", "reminders", "lesson_sent")
+# PostgreSQL: a batch in one statement per table, one array per column. psycopg would otherwise send a statement
+# per row, or parse a multi-row VALUES statement of tens of thousands of placeholders for every batch.
+_PG_INSERT = text(f"""
+    INSERT INTO outbound_messages ({", ".join(_VARYING + _CONSTANT)})
+    SELECT v.*, NULL, :priority, 0, :now, false, :now, :now
+    FROM unnest(CAST(:idempotency_key AS varchar[]), CAST(:learner_id AS integer[]), CAST(:channel AS varchar[]),
+                CAST(:to_address AS varchar[]), CAST(:body AS text[]), CAST(:choices AS json[]),
+                CAST(:ref AS varchar[]), CAST(:content_sid AS varchar[]), CAST(:content_variables AS json[]),
+                CAST(:kind AS varchar[]), CAST(:status AS varchar[]), CAST(:error_message AS varchar[])) AS v
+    ON CONFLICT (idempotency_key) DO NOTHING
+""")
+# As save_state: lesson_sent_at is now when a lesson went out, finished_at is now when the course has just ended.
+_PG_UPDATE = text("""
+    UPDATE enrolments AS e
+    SET position = v.position, question = v.question, state = v.state, next_due_at = v.next_due_at,
+        reminders = v.reminders,
+        lesson_sent_at = CASE WHEN v.lesson_sent THEN :now ELSE e.lesson_sent_at END,
+        finished_at = CASE WHEN v.state = 'finished' AND e.finished_at IS NULL THEN :now ELSE e.finished_at END
+    FROM unnest(CAST(:position AS integer[]), CAST(:question AS smallint[]), CAST(:state AS varchar[]),
+                CAST(:next_due_at AS timestamptz[]), CAST(:reminders AS smallint[]), CAST(:lesson_sent AS boolean[]),
+                CAST(:id AS integer[]))
+         AS v(position, question, state, next_due_at, reminders, lesson_sent, id)
+    WHERE e.id = v.id
+""")
+# SQLite: the driver's own executemany, the values converted by the columns' own types (as the ORM stores them).
+_SQLITE_INSERT = (f"INSERT INTO outbound_messages ({', '.join(_VARYING + _CONSTANT)}) "
+                  f"VALUES ({', '.join('?' * (len(_VARYING) + len(_CONSTANT)))}) "
+                  "ON CONFLICT (idempotency_key) DO NOTHING")
+_SQLITE_UPDATE = ("UPDATE enrolments SET position = ?1, question = ?2, state = ?3, next_due_at = ?4, reminders = ?5, "
+                  "lesson_sent_at = CASE WHEN ?6 THEN ?8 ELSE lesson_sent_at END, "
+                  "finished_at = CASE WHEN ?3 = 'finished' AND finished_at IS NULL THEN ?8 ELSE finished_at END "
+                  "WHERE id = ?7")
+
+
+@dataclass
+class _Due:
+    """A due enrolment as the batch query reads it (locked), with its learner's fields."""
+
+    id: int
+    learner_id: int
+    course_id: str
+    channel: str
+    position: int
+    question: int | None
+    state: str
+    next_due_at: datetime
+    reminders: int
+    language: str
+    timezone: str | None
+    preferred_hour: int | None
+    reasks: int
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What the conversation does for one due enrolment: its messages, rendered, and the enrolment after."""
+
+    kind: str  # lesson or reminder
+    index: int  # the lesson it is about
+    messages: tuple[tuple[str | None, tuple[Rendered, ...]], ...]  # (ref, rendered parts) of each message
+    position: int
+    question: int | None
+    state: str
+    next_due_at: datetime | None
+    reminders: int
+    lesson_sent: bool
+    reasks: int
+
+
 def plan_drips(factory: sessionmaker[Session], ctx: conv.Context, senders: dict[str, Sender],
-               limit: int = 500) -> int:
-    """Queue the next lesson of every due enrolment; safe when several processes run it at once."""
-    with factory() as session:
-        ids = due_enrolments(session, ctx.now, limit)
-    planned = 0
-    for enrolment_id in ids:
-        try:
-            planned += _drip_one(factory, enrolment_id, ctx, senders)
-        except IntegrityError:  # another process queued this lesson first
-            continue
+               limit: int = PLAN_LIMIT, batch: int = PLAN_BATCH) -> int:
+    """Queue the next lesson (or a reminder) of up to `limit` due enrolments, `batch` per transaction.
+
+    Safe when several processes run it at once: each batch locks its enrolments (SKIP LOCKED on PostgreSQL;
+    SQLite writers are serial), so an enrolment is planned by one of them, once. Returns how many were planned.
+    """
+    planned = seen = 0
+    after: tuple[datetime, int] | None = None  # keyset: enrolments left due (no address…) are not read twice
+    steps: dict[tuple[object, ...], _Step] = {}  # the conversation is pure: equal inputs, equal step
+    while seen < limit:
+        size = min(batch, limit - seen)
+        with transaction(factory) as session:
+            read, done, after = _plan_batch(session, ctx, senders, size, after, steps)
+        planned += done
+        seen += read
+        if read < size:
+            break
     return planned
 
 
-def _drip_one(factory: sessionmaker[Session], enrolment_id: int, ctx: conv.Context,
-              senders: dict[str, Sender]) -> int:
-    with transaction(factory) as session:
-        row = session.scalars(
-            select(Enrolment).where(Enrolment.id == enrolment_id).with_for_update(skip_locked=True)
-        ).first()
-        if row is None or row.state != "active" or row.next_due_at is None or row.next_due_at > ctx.now:
-            return 0  # someone else took it, or it changed since we looked
+def _among(column: Any, values: list[Any], postgres: bool) -> Any:
+    """`column IN values` with one parameter however many values: a PostgreSQL array, a JSON array on SQLite."""
+    if postgres:
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam(None, json.dumps(values)))))
+
+
+def _step(row: _Due, course: Course, sender: Sender, ctx: conv.Context,
+          answers: dict[tuple[int, int], bool]) -> _Step:
+    learner = conv.LearnerState(language=row.language, timezone=row.timezone, preferred_hour=row.preferred_hour,
+                                reasks=row.reasks)
+    enrolment = conv.EnrolmentState(course_id=row.course_id, channel=row.channel, position=row.position,
+                                    question=row.question, state=row.state, next_due_at=row.next_due_at,
+                                    reminders=row.reminders, answers=answers)
+    out: list[conv.Outbound] = []
+    if row.question is not None:  # the quiz is still open: a reminder instead of a lesson
+        index, kind = row.position, "reminder"
+        conv.remind(learner, course, enrolment, row.channel, ctx, out)
+    else:
+        index, kind = row.position + 1, "lesson"
+        conv.deliver_lesson(learner, course, enrolment, index, row.channel, ctx, out)
+    messages = tuple((message.ref, tuple(sender.render(row.channel, message.text, message.choices,
+                                                       message.quick_reply))) for message in out)
+    return _Step(kind, index, messages, enrolment.position, enrolment.question, enrolment.state,
+                 enrolment.next_due_at, enrolment.reminders, enrolment.lesson_sent, learner.reasks)
+
+
+def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender], size: int,
+                after: tuple[datetime, int] | None, steps: dict[tuple[object, ...], _Step],
+                ) -> tuple[int, int, tuple[datetime, int] | None]:
+    """Plan one batch in the caller's transaction: (enrolments read, planned, keyset position)."""
+    now = ctx.now
+    postgres = session.get_bind().dialect.name == "postgresql"
+    query = (
+        select(Enrolment.id, Enrolment.learner_id, Enrolment.course_id, Enrolment.channel, Enrolment.position,
+               Enrolment.question, Enrolment.state, Enrolment.next_due_at, Enrolment.reminders,
+               Learner.language, Learner.timezone,
+               Learner.preferred_hour, Learner.reasks)
+        .join(Learner, Learner.id == Enrolment.learner_id)
+        .where(Enrolment.state == "active", Enrolment.next_due_at <= now, Learner.opted_out_at.is_(None),
+               Enrolment.channel.in_(list(senders)))
+        .order_by(Enrolment.next_due_at, Enrolment.id)
+        .limit(size)
+        .with_for_update(skip_locked=True, of=Enrolment)
+    )
+    if after is not None:
+        query = query.where(or_(Enrolment.next_due_at > after[0],
+                                and_(Enrolment.next_due_at == after[0], Enrolment.id > after[1])))
+    due = [_Due(*row) for row in cast(list[tuple[Any, ...]], session.execute(query).all())]
+    if not due:
+        return 0, 0, after
+    position = (due[-1].next_due_at, due[-1].id)
+
+    # The course is gone, or it has no further lesson: nothing is due any more.
+    live: list[tuple[_Due, Course]] = []
+    ended: list[int] = []
+    for row in due:
         course = ctx.catalog.get(row.course_id)
-        learner = session.get(Learner, row.learner_id)
-        sender = senders.get(row.channel)
-        if learner is None or learner.opted_out or sender is None:
-            return 0
         if course is None or row.position + 1 >= len(course.lessons) and row.question is None:
-            row.next_due_at = None  # the course is gone or has no further lesson: nothing is due any more
-            return 0
-        contact = session.scalars(select(LearnerAddress).where(
-            LearnerAddress.learner_id == learner.id, LearnerAddress.channel == row.channel)
-            .order_by(LearnerAddress.last_inbound_at.desc())).first()
-        if contact is None:
-            return 0
-        address = contact.address
-        held = row.channel == "whatsapp" and not window_open(contact.last_inbound_at, ctx.now)
-        state = load_state(session, learner, is_new=False)
-        enrolment = state.enrolments[row.course_id]
-        out: list[conv.Outbound] = []
-        if row.question is not None:  # the quiz is still open: a reminder instead of a lesson
-            index, kind = row.position, "reminder"
-            key = f"reminder:{row.id}:{row.position}:{row.question}:{row.reminders}"
-            conv.remind(state, course, enrolment, row.channel, ctx, out)
+            ended.append(row.id)
         else:
-            index, kind = row.position + 1, "lesson"
-            key = f"lesson:{row.id}:{index}"
-            conv.deliver_lesson(state, course, enrolment, index, row.channel, ctx, out)
-        save_state(session, learner, state, conv.Effects(), ctx.now)
+            live.append((row, course))
+    if ended:
+        session.execute(update(Enrolment).where(_among(Enrolment.id, ended, postgres)).values(next_due_at=None))
+    if not live:
+        return len(due), 0, position
+
+    # Each learner's address on the enrolment's channel: the one they wrote from last.
+    contacts: dict[tuple[int, str], tuple[str, datetime | None]] = {}
+    for learner_id, channel, address, last_inbound_at in session.execute(
+            select(LearnerAddress.learner_id, LearnerAddress.channel, LearnerAddress.address,
+                   LearnerAddress.last_inbound_at)
+            .where(_among(LearnerAddress.learner_id, sorted({row.learner_id for row, _course in live}), postgres))
+            .order_by(LearnerAddress.learner_id, LearnerAddress.channel, LearnerAddress.last_inbound_at.desc(),
+                      LearnerAddress.id)):
+        contacts.setdefault((learner_id, channel), (address, last_inbound_at))
+    # A lesson without a quiz that ends the course says the course score: those need their answers.
+    scoring = [row.id for row, course in live if row.question is None and row.position + 2 >= len(course.lessons)
+               and not course.lessons[row.position + 1].quiz]
+    answers: dict[int, dict[tuple[int, int], bool]] = {enrolment_id: {} for enrolment_id in scoring}
+    if scoring:
+        for enrolment_id, lesson, question, correct in session.execute(
+                select(Answer.enrolment_id, Answer.lesson, Answer.question, Answer.correct)
+                .where(_among(Answer.enrolment_id, scoring, postgres))):
+            answers[enrolment_id][(lesson, question)] = correct
+
+    plans: list[tuple[_Due, list[tuple[Any, ...]], _Step]] = []
+    for row, course in live:
+        contact = contacts.get((row.learner_id, row.channel))
+        if contact is None:
+            continue  # no address on that channel: it stays due
+        address, last_inbound_at = contact
+        sender = senders[row.channel]
+        if row.id in answers:
+            step = _step(row, course, sender, ctx, answers[row.id])
+        else:
+            signature = (row.course_id, row.channel, row.position, row.question, row.reminders, row.language,
+                         row.timezone, row.preferred_hour, row.reasks, id(sender))
+            found = steps.get(signature)
+            step = found if found is not None else steps.setdefault(signature, _step(row, course, sender, ctx, {}))
+        if step.kind == "reminder":
+            key = f"reminder:{row.id}:{row.position}:{row.question}:{row.reminders}"
+        else:
+            key = f"lesson:{row.id}:{step.index}"
+        held = row.channel == "whatsapp" and not window_open(last_inbound_at, now)
         reason = None
+        rows: list[tuple[Any, ...]] = []
         if held:
             reason = TEMPLATE_SENT if course.whatsapp_template else NO_TEMPLATE
-            if course.whatsapp_template:
-                queue_template(session, course, learner.id, address, f"template:{key}", index + 1, ctx.now)
+            if course.whatsapp_template:  # what queue_template queues
+                variables = {"1": course.title[course.languages[0]], "2": str(step.index + 1)}
+                rows.append(_outbox_row(f"template:{key}:0", row.learner_id, "whatsapp", address, "template",
+                                        Rendered(f"[template {course.whatsapp_template}]"), None, "queued", None,
+                                        course.whatsapp_template, variables))
             else:
                 log.warning("enrolment %d: %s", row.id, NO_TEMPLATE)
-        for n, message in enumerate(out):
-            enqueue(session, key=f"{key}:{n}", learner_id=learner.id, channel=row.channel,
-                    to_address=address, kind=kind, now=ctx.now, priority=BULK_PRIORITY,
-                    parts=sender.render(row.channel, message.text, message.choices, message.quick_reply),
-                    ref=message.ref, status="held" if held else "queued", reason=reason)
-        log.info("%s for lesson %d of %s queued for learner %d", kind, index + 1, course.id, learner.id)
-        return 1
+        for n, (ref, parts) in enumerate(step.messages):
+            for part_no, part in enumerate(parts):
+                rows.append(_outbox_row(f"{key}:{n}:{part_no}", row.learner_id, row.channel, address, step.kind,
+                                        part, ref, "held" if held else "queued", reason, None, None))
+        plans.append((row, rows, step))
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s for lesson %d of %s queued for learner %d", step.kind, step.index + 1, course.id,
+                     row.learner_id)
+    if not plans:
+        return len(due), 0, position
+
+    # A lesson already in the outbox was queued by someone else: leave that enrolment as it is (as a failed
+    # insert rolled back its whole transaction before).
+    keys = [values[0] for _row, rows, _step in plans for values in rows]
+    taken = set(session.scalars(select(OutboundMessage.idempotency_key)
+                                .where(_among(OutboundMessage.idempotency_key, keys, postgres))))
+    if taken:
+        plans = [plan for plan in plans if not any(values[0] in taken for values in plan[1])]
+        if not plans:
+            return len(due), 0, position
+    changes = [(step.position, step.question, step.state, step.next_due_at, step.reminders, step.lesson_sent,
+                row.id) for row, _rows, step in plans]  # _CHANGED, then the id
+    _write(session, postgres, now, [values for _row, rows, _step in plans for values in rows], changes)
+    reset = sorted({row.learner_id for row, _rows, step in plans if step.reasks != row.reasks})
+    if reset:  # a lesson went out: the count of unclear answers starts again
+        session.execute(update(Learner).where(_among(Learner.id, reset, postgres)).values(reasks=0))
+    return len(due), len(plans), position
+
+
+def _write(session: Session, postgres: bool, now: datetime, values: list[tuple[Any, ...]],
+           changes: list[tuple[Any, ...]]) -> None:
+    """Insert a batch's outbox rows (a key already there is skipped) and move its enrolments on."""
+    if postgres:
+        if values:
+            arrays: dict[str, Any] = dict(zip(_VARYING, map(list, zip(*values, strict=True)), strict=True))
+            for name in ("choices", "content_variables"):  # as SQLAlchemy's JSON type stores them
+                arrays[name] = [json.dumps(value) for value in arrays[name]]
+            session.execute(_PG_INSERT, arrays | {"priority": BULK_PRIORITY, "now": now})
+        columns = dict(zip(_CHANGED + ("id",), map(list, zip(*changes, strict=True)), strict=True))
+        session.execute(_PG_UPDATE, columns | {"now": now})
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+
+    def converter(column: Any) -> Any:
+        """The column type's own conversion (as the ORM stores values), remembered per value where it can be."""
+        convert = column.type.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
+        seen: dict[Any, Any] = {}
+
+        def remembered(value: Any) -> Any:
+            if isinstance(value, list | dict):
+                return convert(value)
+            if value not in seen:
+                seen[value] = convert(value)
+            return seen[value]
+
+        return remembered
+
+    if values:
+        choices, variables = converter(OUTBOX.c.choices), converter(OUTBOX.c.content_variables)
+        stamp = converter(OUTBOX.c.created_at)(now)
+        constant = (None, BULK_PRIORITY, 0, stamp, converter(OUTBOX.c.erase_after_send)(False), stamp, stamp)
+        connection.exec_driver_sql(_SQLITE_INSERT, [  # _VARYING, then _CONSTANT
+            (*row[:5], choices(row[5]), *row[6:8], variables(row[8]), *row[9:], *constant) for row in values])
+    due_at = converter(ENROLMENTS.c.next_due_at)
+    stamp = converter(ENROLMENTS.c.lesson_sent_at)(now)
+    connection.exec_driver_sql(_SQLITE_UPDATE, [
+        (position, question, state, due_at(next_due_at), reminders, int(lesson_sent), enrolment_id, stamp)
+        for position, question, state, next_due_at, reminders, lesson_sent, enrolment_id in changes])
+
+
+def _outbox_row(key: str, learner_id: int, channel: str, address: str, kind: str, part: Rendered,
+                ref: str | None, status: str, reason: str | None, content_sid: str | None,
+                content_variables: dict[str, str] | None) -> tuple[Any, ...]:
+    """What `enqueue` would store for one rendered part: the columns in _VARYING, in order (_write adds the rest)."""
+    return (key, learner_id, channel, address, part.body, list(part.buttons) or None, ref,
+            part.content_sid or content_sid, part.content_variables or content_variables, kind, status, reason)

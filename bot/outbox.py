@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,6 +25,9 @@ log = logging.getLogger(__name__)
 
 WINDOW_CLOSED = "63016"  # Twilio: WhatsApp free-form message outside the 24 h customer-care window
 CLAIM_SECONDS = 60  # a claimed row not finished by then belonged to a process that died
+ATTEMPT = "attempt"  # history event written just before a broadcast is handed to the provider
+SEND_THREADS = 8  # learners sent to side by side (each learner's own messages stay in order)
+RECHECK_SECONDS = 1.0  # a batch older than this re-checks opt-outs before each send
 MAX_ATTEMPTS = 20  # about 2.5 hours of retries with the backoff below
 FINAL = {"sent", "delivered", "read", "failed", "cancelled", "unknown"}
 # Status rank: a status callback never moves a message back to a lower rank (callbacks arrive out of
@@ -83,6 +89,22 @@ class Dispatch:
     skipped: int = 0
     throttled: bool = False  # due messages are waiting for their rate limit
 
+    def count(self, status: str) -> None:
+        if status == "sent":
+            self.sent += 1
+        elif status == "queued":
+            self.retried += 1
+        elif status == "failed":
+            self.failed += 1
+        else:
+            self.skipped += 1
+
+    def add(self, other: Dispatch) -> None:
+        self.sent += other.sent
+        self.failed += other.failed
+        self.retried += other.retried
+        self.skipped += other.skipped
+
     def total(self) -> int:
         return self.sent + self.failed + self.retried + self.skipped
 
@@ -97,6 +119,8 @@ class Outbox:
         self.factory = factory
         self.limiter = limiter
         self.throttled = False  # set when a claim left due messages waiting for their rate limit
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid: int | None = None
         self.senders = senders
         self.status_callback = status_callback
         self.on_window_closed = on_window_closed
@@ -106,14 +130,17 @@ class Outbox:
         with transaction(self.factory) as session:
             stale = or_(OutboundMessage.claimed_until < now, OutboundMessage.claimed_until.is_(None))
             base = update(OutboundMessage).where(OutboundMessage.status == "sending", stale)
-            # A broadcast may already have reached the person: never re-send it blindly.
+            # A broadcast that was being handed to the provider (its last event is "attempt") may already have
+            # reached the person: never re-send it blindly. One claimed in the same batch but never tried has not.
+            last_event = (select(MessageEvent.status).where(MessageEvent.message_id == OutboundMessage.id)
+                          .order_by(MessageEvent.id.desc()).limit(1).correlate(OutboundMessage).scalar_subquery())
             unknown: CursorResult = session.execute(  # type: ignore[assignment]
-                base.where(OutboundMessage.kind == "broadcast").values(status="unknown", updated_at=now)
+                base.where(OutboundMessage.kind == "broadcast", last_event == ATTEMPT)
+                .values(status="unknown", updated_at=now)
             )
             # A reply or lesson that is lost costs the learner more than one that arrives twice.
             requeued: CursorResult = session.execute(  # type: ignore[assignment]
-                base.where(OutboundMessage.kind != "broadcast").values(
-                    status="queued", claim_token=None, claimed_until=None, next_attempt_at=now, updated_at=now)
+                base.values(status="queued", claim_token=None, claimed_until=None, next_attempt_at=now, updated_at=now)
             )
         return unknown.rowcount + requeued.rowcount
 
@@ -161,6 +188,8 @@ class Outbox:
                     id=row.id, channel=row.channel, to_address=row.to_address, from_address=row.from_address,
                     body=row.body, buttons=tuple(row.choices or ()), status_callback=self.status_callback, ref=row.ref,
                     content_sid=row.content_sid, content_variables=row.content_variables,
+                    learner_id=row.learner_id, kind=row.kind, attempts=row.attempts,
+                    erase_after_send=row.erase_after_send,
                 ))
             return claimed
 
@@ -182,6 +211,11 @@ class Outbox:
             session.add(MessageEvent(message_id=row.id, status="cancelled", detail="opted out", at=now))
             return True
 
+    def attempting(self, message: Outgoing, now: datetime) -> None:
+        """Note in the history that this message is being handed to the provider now."""
+        with transaction(self.factory) as session:
+            session.add(MessageEvent(message_id=message.id, status=ATTEMPT, at=now))
+
     def unclaim(self, ids: list[int], now: datetime) -> None:
         """Hand claimed rows that were never tried back to the queue, as if never claimed."""
         with transaction(self.factory) as session:
@@ -197,43 +231,49 @@ class Outbox:
         return sender.send(message)
 
     def record(self, message: Outgoing, result: SendResult, now: datetime) -> str:
-        """Store one attempt's result; returns the row's new status."""
+        """Store one attempt's result (one UPDATE and one history row); returns the row's new status."""
+        values: dict[str, object] = {"claim_token": None, "claimed_until": None, "updated_at": now,
+                                     "error_code": result.error_code, "error_message": result.error_message}
+        if result.ok:
+            status = "sent"
+            values["provider_id"] = result.provider_id
+            if message.erase_after_send:
+                values.update(body="", to_address="erased")
+        elif result.error_code == WINDOW_CLOSED and message.kind != "broadcast":
+            # 63016: free-form WhatsApp outside the 24 h window. Retrying blindly fails again: hold the
+            # message until the learner writes, and reach them with the course's template if it has one.
+            status = "held"
+        elif result.retry and message.attempts < MAX_ATTEMPTS:
+            status = "queued"
+            delay = result.retry_after if result.retry_after is not None else backoff(message.attempts)
+            values["next_attempt_at"] = now + timedelta(seconds=delay)
+        else:
+            status = "failed"
         with transaction(self.factory) as session:
-            row = session.get(OutboundMessage, message.id)
-            if row is None:  # erased meanwhile
-                return "gone"
-            row.claim_token, row.claimed_until, row.updated_at = None, None, now
-            row.error_code, row.error_message = result.error_code, result.error_message
-            if result.ok:
-                row.status, row.provider_id = "sent", result.provider_id
-                if row.erase_after_send:
-                    row.body, row.to_address = "", "erased"
-            elif result.error_code == WINDOW_CLOSED and row.kind != "broadcast":
-                # 63016: free-form WhatsApp outside the 24 h window. Retrying blindly fails again: hold the
-                # message until the learner writes, and reach them with the course's template if it has one.
-                row.status = "held"
-                if self.on_window_closed is not None:
+            changed = session.execute(
+                update(OutboundMessage).where(OutboundMessage.id == message.id).values(status=status, **values))
+            if not changed.rowcount:  # type: ignore[attr-defined]
+                return "gone"  # erased meanwhile
+            if status == "held" and self.on_window_closed is not None:
+                row = session.get(OutboundMessage, message.id)
+                if row is not None:
                     self.on_window_closed(session, row, now)
-            elif result.retry and row.attempts < MAX_ATTEMPTS:
-                delay = result.retry_after if result.retry_after is not None else backoff(row.attempts)
-                row.status, row.next_attempt_at = "queued", now + timedelta(seconds=delay)
-            else:
-                row.status = "failed"
-                if result.opt_out and row.learner_id is not None:
-                    opt_out(session, row.learner_id, now)
+            if status == "failed" and result.opt_out and message.learner_id is not None:
+                opt_out(session, message.learner_id, now)
             detail = None if result.ok else (result.error_message or "")[:255]
-            event = "retry" if row.status == "queued" else row.status
-            session.add(MessageEvent(message_id=row.id, status=event, error_code=result.error_code,
+            event = "retry" if status == "queued" else status
+            session.add(MessageEvent(message_id=message.id, status=event, error_code=result.error_code,
                                      detail=detail, at=now))
-            log.info("message %s to %s via %s: %s%s", row.id, mask(message.to_address), row.channel, event,
-                     f" ({result.error_code})" if result.error_code else "")
-            return row.status
+        log.info("message %s to %s via %s: %s%s", message.id, mask(message.to_address), message.channel, event,
+                 f" ({result.error_code})" if result.error_code else "")
+        return status
 
     def dispatch(self, now_fn: Callable[[], datetime], budget_rows: int | None = None,
                  stop: Callable[[], bool] = lambda: False) -> Dispatch:
         """Send everything due now, batch after batch, until nothing is due (or `budget_rows` is spent).
 
-        `stop()` turning true (shutdown) ends the pass between two sends; unsent claims are handed back.
+        Each learner's messages go in order; different learners' go side by side (provider calls are
+        mostly waiting). `stop()` turning true (shutdown) ends the pass; unsent claims are handed back.
         """
         done = Dispatch()
         self.throttled = False
@@ -242,23 +282,71 @@ class Outbox:
             done.throttled = self.throttled
             if not batch:
                 break
-            for index, message in enumerate(batch):
-                if stop():
-                    self.unclaim([m.id for m in batch[index:]], now_fn())
-                    return done
-                if self.cancel_if_opted_out(message, now_fn()):
-                    done.skipped += 1
-                    continue
-                status = self.record(message, self.send(message), now_fn())
-                if status == "sent":
-                    done.sent += 1
-                elif status == "queued":
-                    done.retried += 1
-                elif status == "failed":
-                    done.failed += 1
-                else:
-                    done.skipped += 1
+            groups: dict[tuple[str, str], list[Outgoing]] = {}
+            for message in batch:
+                groups.setdefault((message.channel, message.to_address), []).append(message)
+            if len(groups) == 1:
+                results = [self._send_group(batch, now_fn, stop)]
+            else:
+                results = list(self._pool().map(lambda group: self._send_group(group, now_fn, stop),
+                                                groups.values()))
+            for result in results:
+                done.add(result)
         return done
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None or self._executor_pid != os.getpid():  # threads do not survive a fork
+            workers = 4 if self.factory.kw["bind"].dialect.name == "sqlite" else SEND_THREADS
+            self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vereda-send")
+            self._executor_pid = os.getpid()
+        return self._executor
+
+    def _send_group(self, messages: list[Outgoing], now_fn: Callable[[], datetime],
+                    stop: Callable[[], bool]) -> Dispatch:
+        """One address's messages of a batch, in order; what cannot go now holds back the ones after it."""
+        done = Dispatch()
+        claimed_at = time.monotonic()
+        for index, message in enumerate(messages):
+            if stop():
+                self.unclaim([m.id for m in messages[index:]], now_fn())
+                break
+            # The claim checked opt-outs; a batch that has been going for a while checks again.
+            if time.monotonic() - claimed_at > RECHECK_SECONDS and self.cancel_if_opted_out(message, now_fn()):
+                done.skipped += 1
+                continue
+            if message.kind == "broadcast":
+                self.attempting(message, now_fn())  # from here on, a crash leaves it `unknown` (see recover)
+            result = self.send(message)
+            status = self.record(message, result, now_fn())
+            done.count(status)
+            rest = [m.id for m in messages[index + 1:]]
+            if not rest or status == "sent":
+                continue
+            if status == "failed" and result.opt_out:
+                self.cancel(rest, now_fn(), "opted out")
+                done.skipped += len(rest)
+                break
+            if status in ("queued", "held"):
+                # Keep the learner's messages in order: the rest waits behind the one that could not go.
+                self.defer(rest, status, message.id, now_fn())
+                break
+        return done
+
+    def defer(self, ids: list[int], status: str, behind: int, now: datetime) -> None:
+        """Put claimed, untried rows back behind row `behind`, which must be retried or held first."""
+        with transaction(self.factory) as session:
+            due = session.scalar(select(OutboundMessage.next_attempt_at).where(OutboundMessage.id == behind))
+            session.execute(
+                update(OutboundMessage).where(OutboundMessage.id.in_(ids), OutboundMessage.status == "sending")
+                .values(status=status, claim_token=None, claimed_until=None, updated_at=now,
+                        next_attempt_at=max(due or now, now), attempts=OutboundMessage.attempts - 1))
+
+    def cancel(self, ids: list[int], now: datetime, reason: str) -> None:
+        """Withdraw claimed rows that must never go out (the learner opted out meanwhile)."""
+        with transaction(self.factory) as session:
+            session.execute(update(OutboundMessage).where(OutboundMessage.id.in_(ids))
+                            .values(status="cancelled", claim_token=None, claimed_until=None, updated_at=now))
+            session.add_all([MessageEvent(message_id=i, status="cancelled", detail=reason, at=now) for i in ids])
 
     def status_callback_received(self, provider_id: str, status: str, error_code: str | None,
                                  now: datetime) -> bool:
@@ -275,6 +363,11 @@ class Outbox:
                 row.status, row.updated_at = PROVIDER_STATUS.get(status, status), now
                 if error_code:
                     row.error_code = error_code
+            if error_code == WINDOW_CLOSED and row.status == "failed" and row.kind != "broadcast":
+                # Twilio often accepts the request and reports 63016 only here: hold it as in `record`.
+                row.status = "held"
+                if self.on_window_closed is not None:
+                    self.on_window_closed(session, row, now)
             if error_code in {"21610", "63014"} and row.learner_id is not None:
                 opt_out(session, row.learner_id, now)
             return True

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from bot import conversation as conv
 from bot.channels.base import Sender
@@ -38,6 +39,10 @@ class Envelope:
     telegram_chat_id: int | None = None
 
 
+class _Duplicate(Exception):
+    """This provider message id was stored before: roll back and do nothing."""
+
+
 @dataclass(frozen=True)
 class Received:
     duplicate: bool
@@ -53,7 +58,8 @@ def _learner_key(envelope: Envelope) -> dict[str, object]:
 def _find_or_create_learner(session: Session, envelope: Envelope, now: datetime) -> tuple[Learner, bool]:
     key = _learner_key(envelope)
     column, value = next(iter(key.items()))
-    query = select(Learner).where(getattr(Learner, column) == value).with_for_update()
+    query = (select(Learner).where(getattr(Learner, column) == value).with_for_update()
+             .options(selectinload(Learner.enrolments)))
     learner = session.scalars(query).first()
     if learner is not None:
         return learner, False
@@ -68,25 +74,31 @@ def _find_or_create_learner(session: Session, envelope: Envelope, now: datetime)
         return session.scalars(query).one(), False
 
 
+def _insert(session: Session):  # type: ignore[no-untyped-def]
+    """The dialect's INSERT, which knows ON CONFLICT."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
 def _touch_address(session: Session, learner: Learner, envelope: Envelope, channel: str, now: datetime) -> None:
-    found = session.scalars(select(LearnerAddress).where(
-        LearnerAddress.channel == channel, LearnerAddress.address == envelope.address)).first()
-    if found is None:
-        session.add(LearnerAddress(learner_id=learner.id, channel=channel, address=envelope.address,
-                                   last_inbound_at=now))
-    else:
-        found.last_inbound_at = now
+    statement = _insert(session)(LearnerAddress).values(
+        learner_id=learner.id, channel=channel, address=envelope.address, last_inbound_at=now)
+    session.execute(statement.on_conflict_do_update(
+        index_elements=["channel", "address"], set_={"last_inbound_at": now, "learner_id": learner.id}))
 
 
 def load_state(session: Session, learner: Learner, is_new: bool) -> conv.LearnerState:
     enrolments = {}
+    answers: dict[int, dict[tuple[int, int], bool]] = {}
+    if learner.enrolments:  # every answer of every enrolment in one query
+        rows = session.execute(select(Answer.enrolment_id, Answer.lesson, Answer.question, Answer.correct)
+                               .where(Answer.enrolment_id.in_([e.id for e in learner.enrolments])))
+        for enrolment_id, lesson, question, correct in rows:
+            answers.setdefault(enrolment_id, {})[(lesson, question)] = correct
     for enrolment in learner.enrolments:
-        answers = {(a.lesson, a.question): a.correct for a in session.scalars(
-            select(Answer).where(Answer.enrolment_id == enrolment.id))}
         enrolments[enrolment.course_id] = conv.EnrolmentState(
             course_id=enrolment.course_id, channel=enrolment.channel, position=enrolment.position,
             question=enrolment.question, state=enrolment.state, next_due_at=enrolment.next_due_at,
-            reminders=enrolment.reminders, answers=answers,
+            reminders=enrolment.reminders, answers=answers.get(enrolment.id, {}),
         )
     return conv.LearnerState(
         language=learner.language, timezone=learner.timezone, preferred_hour=learner.preferred_hour,
@@ -152,6 +164,8 @@ def receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Contex
     for _attempt in range(3):
         try:
             return _receive(factory, envelope, ctx, senders, transport)
+        except _Duplicate:
+            return Received(duplicate=True)
         except IntegrityError:
             # Another request stored the same provider id first (or created this learner); retry sees it.
             continue
@@ -162,16 +176,17 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
              senders: dict[str, Sender], transport: str | None) -> Received:
     now = ctx.now
     with transaction(factory) as session:
-        exists = select(InboundMessage.id).where(InboundMessage.channel == envelope.channel,
-                                                 InboundMessage.provider_id == envelope.provider_id)
-        if session.scalar(exists) is not None:
-            return Received(duplicate=True)
-        inbound = InboundMessage(channel=envelope.channel, provider_id=envelope.provider_id, body=envelope.text,
-                                 media_count=envelope.media_count, received_at=now)
-        session.add(inbound)
-        session.flush()  # the unique (channel, provider_id) makes a racing twin fail here
         learner, is_new = _find_or_create_learner(session, envelope, now)
-        inbound.learner_id = learner.id
+        # Stored once: the unique (channel, provider_id) turns a repeated or racing twin into no row,
+        # and then nothing else happens (the learner row created above, if any, is rolled back).
+        inbound_id = session.scalar(
+            _insert(session)(InboundMessage)
+            .values(channel=envelope.channel, provider_id=envelope.provider_id, body=envelope.text,
+                    media_count=envelope.media_count, received_at=now, learner_id=learner.id)
+            .on_conflict_do_nothing(index_elements=["channel", "provider_id"])
+            .returning(InboundMessage.id))
+        if inbound_id is None:
+            raise _Duplicate
         # The terminal chat keeps its learners on its own transport: drips and broadcasts for them never
         # reach a provider.
         channel = transport or envelope.channel
@@ -197,13 +212,13 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
                 for enrolment in state.enrolments.values():
                     enrolment.channel = transport
             save_state(session, learner, state, effects, now)
-        log.info("inbound %s from %s via %s: %d repl%s", inbound.id, mask(envelope.address), envelope.channel,
+        log.info("inbound %s from %s via %s: %d repl%s", inbound_id, mask(envelope.address), envelope.channel,
                  len(effects.replies), "y" if len(effects.replies) == 1 else "ies")
         sender = senders.get(channel)
         if sender is None:
             return Received(duplicate=False)
         for n, reply in enumerate(effects.replies):
-            enqueue(session, key=f"in:{inbound.id}:{n}", learner_id=learner_id, channel=channel,
+            enqueue(session, key=f"in:{inbound_id}:{n}", learner_id=learner_id, channel=channel,
                     to_address=envelope.address, from_address=envelope.to, kind=reply.kind, now=now,
                     parts=sender.render(envelope.channel, reply.text, reply.choices, reply.quick_reply),
                     erase_after_send=effects.erase, ref=reply.ref)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +31,11 @@ class Outgoing:
     ref: str | None = None  # what the buttons answer (conversation.Outbound.ref)
     content_sid: str | None = None  # send this approved template instead of the body (WhatsApp)
     content_variables: dict[str, str] | None = None
+    # what the outbox needs to record the result without reading the row again
+    learner_id: int | None = None
+    kind: str = "reply"
+    attempts: int = 1
+    erase_after_send: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ def split_text(text: str, limit: int) -> list[str]:
         window = rest[: limit + 1]
         cut = max(window.rfind("\n\n"), 0) or max(window.rfind("\n"), 0) or max(window.rfind(" "), 0)
         if cut <= limit // 3:  # no good boundary: cut hard, but never inside a surrogate pair
-            cut = limit
+            cut = _character_start(rest, limit)
             if "\ud800" <= rest[cut - 1] <= "\udbff":
                 cut -= 1
         pieces.append(rest[:cut].rstrip())
@@ -76,3 +82,26 @@ def split_text(text: str, limit: int) -> list[str]:
     if rest:
         pieces.append(rest)
     return pieces
+
+
+def _character_start(text: str, cut: int) -> int:
+    """`cut` moved back to the start of the character the reader sees there (a grapheme cluster): never
+    before a combining accent, variation selector or skin tone, never after a zero-width joiner, never
+    between the two regional indicators of a flag. Unchanged if that would leave nothing before it."""
+    def joins(index: int) -> bool:
+        char = text[index]
+        return (unicodedata.category(char) in ("Mn", "Mc", "Me") or char == "\u200d"
+                or "\U0001f3fb" <= char <= "\U0001f3ff" or text[index - 1] == "\u200d")
+
+    def flag_part(char: str) -> bool:
+        return "\U0001f1e6" <= char <= "\U0001f1ff"
+
+    start = cut
+    while start > 0 and joins(start):
+        start -= 1
+    if start > 0 and flag_part(text[start]):
+        before = start
+        while before > 0 and flag_part(text[before - 1]):
+            before -= 1
+        start -= (start - before) % 2  # an odd run before: this indicator is the second half of a flag
+    return start if start > 0 else cut

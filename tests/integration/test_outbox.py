@@ -169,7 +169,10 @@ def test_one_failing_recipient_does_not_stop_the_others(runtime, fake_twilio: Fa
     fake_twilio.fail_next(Failure(400, 21211))
     done = runtime.outbox.dispatch(fixed(T0))
     assert (done.failed, done.sent) == (1, 2)
-    assert [m.to for m in fake_twilio.messages] == others
+    # Learners are sent to side by side, so which one meets the failure is not fixed: the other two get theirs.
+    outcome = {row.to_address: row.status for row in rows(runtime)}
+    assert sorted(outcome.values()) == ["failed", "sent", "sent"]
+    assert sorted(m.to for m in fake_twilio.messages) == sorted(a for a, s in outcome.items() if s == "sent")
 
 
 # -- opted out while queued ------------------------------------------------------------------------
