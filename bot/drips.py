@@ -6,10 +6,9 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import and_, any_, bindparam, func, literal_column, or_, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import JSON, and_, bindparam, cast, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import conversation as conv
@@ -18,6 +17,7 @@ from bot.courses import Catalog, Course
 from bot.db import transaction
 from bot.models import Answer, Base, Enrolment, Learner, LearnerAddress, OutboundMessage
 from bot.outbox import enqueue
+from bot.schedule import quiet_hours_end
 
 log = logging.getLogger(__name__)
 
@@ -90,29 +90,24 @@ _VARYING = ("idempotency_key", "learner_id", "channel", "to_address", "body", "c
             "content_variables", "kind", "status", "error_message")
 _CONSTANT = ("from_address", "priority", "attempts", "next_attempt_at", "erase_after_send", "created_at", "updated_at")
 _CHANGED = ("position", "question", "state", "next_due_at", "reminders", "lesson_sent")
-# PostgreSQL: a batch in one statement per table, one array per column. psycopg would otherwise send a statement
-# per row, or parse a multi-row VALUES statement of tens of thousands of placeholders for every batch.
+# PostgreSQL: a batch in one statement per table, its rows sent as one JSON array (psycopg would otherwise send a
+# statement per row, or parse a VALUES list of tens of thousands of placeholders, or escape arrays in Python).
 _PG_INSERT = text(f"""
     INSERT INTO outbound_messages ({", ".join(_VARYING + _CONSTANT)})
-    SELECT v.*, NULL, :priority, 0, :now, false, :now, :now
-    FROM unnest(CAST(:idempotency_key AS varchar[]), CAST(:learner_id AS integer[]), CAST(:channel AS varchar[]),
-                CAST(:to_address AS varchar[]), CAST(:body AS text[]), CAST(:choices AS json[]),
-                CAST(:ref AS varchar[]), CAST(:content_sid AS varchar[]), CAST(:content_variables AS json[]),
-                CAST(:kind AS varchar[]), CAST(:status AS varchar[]), CAST(:error_message AS varchar[])) AS v
+    SELECT r->>0, CAST(r->>1 AS integer), r->>2, r->>3, r->>4, r->5, r->>6, r->>7, r->8, r->>9, r->>10, r->>11,
+           NULL, :priority, 0, :now, false, :now, :now
+    FROM json_array_elements(CAST(:rows AS json)) AS r
     ON CONFLICT (idempotency_key) DO NOTHING
 """)
 # As save_state: lesson_sent_at is now when a lesson went out, finished_at is now when the course has just ended.
 _PG_UPDATE = text("""
     UPDATE enrolments AS e
-    SET position = v.position, question = v.question, state = v.state, next_due_at = v.next_due_at,
-        reminders = v.reminders,
-        lesson_sent_at = CASE WHEN v.lesson_sent THEN :now ELSE e.lesson_sent_at END,
-        finished_at = CASE WHEN v.state = 'finished' AND e.finished_at IS NULL THEN :now ELSE e.finished_at END
-    FROM unnest(CAST(:position AS integer[]), CAST(:question AS smallint[]), CAST(:state AS varchar[]),
-                CAST(:next_due_at AS timestamptz[]), CAST(:reminders AS smallint[]), CAST(:lesson_sent AS boolean[]),
-                CAST(:id AS integer[]))
-         AS v(position, question, state, next_due_at, reminders, lesson_sent, id)
-    WHERE e.id = v.id
+    SET position = CAST(r->>0 AS integer), question = CAST(r->>1 AS smallint), state = r->>2,
+        next_due_at = CAST(r->>3 AS timestamptz), reminders = CAST(r->>4 AS smallint),
+        lesson_sent_at = CASE WHEN CAST(r->>5 AS boolean) THEN :now ELSE e.lesson_sent_at END,
+        finished_at = CASE WHEN r->>2 = 'finished' AND e.finished_at IS NULL THEN :now ELSE e.finished_at END
+    FROM json_array_elements(CAST(:rows AS json)) AS r
+    WHERE e.id = CAST(r->>6 AS integer)
 """)
 # SQLite: the driver's own executemany, the values converted by the columns' own types (as the ORM stores them).
 _SQLITE_INSERT = (f"INSERT INTO outbound_messages ({', '.join(_VARYING + _CONSTANT)}) "
@@ -181,9 +176,10 @@ def plan_drips(factory: sessionmaker[Session], ctx: conv.Context, senders: dict[
 
 
 def _among(column: Any, values: list[Any], postgres: bool) -> Any:
-    """`column IN values` with one parameter however many values: a PostgreSQL array, a JSON array on SQLite."""
+    """`column IN values`, the values sent as one JSON array parameter (however many there are)."""
     if postgres:
-        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+        elements = func.json_array_elements_text(cast(bindparam(None, json.dumps(values)), JSON))
+        return column.in_(select(cast(literal_column("value"), column.type)).select_from(elements))
     return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam(None, json.dumps(values)))))
 
 
@@ -228,7 +224,7 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
     if after is not None:
         query = query.where(or_(Enrolment.next_due_at > after[0],
                                 and_(Enrolment.next_due_at == after[0], Enrolment.id > after[1])))
-    due = [_Due(*row) for row in cast(list[tuple[Any, ...]], session.execute(query).all())]
+    due = [_Due(*row) for row in session.execute(query).all()]  # type: ignore[arg-type, call-arg]
     if not due:
         return 0, 0, after
     position = (due[-1].next_due_at, due[-1].id)
@@ -267,11 +263,18 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
             answers[enrolment_id][(lesson, question)] = correct
 
     plans: list[tuple[_Due, list[tuple[Any, ...]], _Step]] = []
+    quiet_until: dict[str, datetime | None] = {}  # zone -> end of the quiet hours `now` is in
     for row, course in live:
         contact = contacts.get((row.learner_id, row.channel))
         if contact is None:
             continue  # no address on that channel: it stays due
         address, last_inbound_at = contact
+        zone = row.timezone or course.timezone
+        if zone not in quiet_until:
+            quiet_until[zone] = quiet_hours_end(now, zone, ctx.quiet_hours)
+        if quiet_until[zone] is not None:  # due while the learner sleeps (after downtime): when their night ends
+            session.execute(update(Enrolment).where(Enrolment.id == row.id).values(next_due_at=quiet_until[zone]))
+            continue
         sender = senders[row.channel]
         if row.id in answers:
             step = _step(row, course, sender, ctx, answers[row.id])
@@ -329,13 +332,15 @@ def _write(session: Session, postgres: bool, now: datetime, values: list[tuple[A
            changes: list[tuple[Any, ...]]) -> None:
     """Insert a batch's outbox rows (a key already there is skipped) and move its enrolments on."""
     if postgres:
+        # choices and content_variables go in as JSON values, as SQLAlchemy's JSON type (json.dumps) stores them.
         if values:
-            arrays: dict[str, Any] = dict(zip(_VARYING, map(list, zip(*values, strict=True)), strict=True))
-            for name in ("choices", "content_variables"):  # as SQLAlchemy's JSON type stores them
-                arrays[name] = [json.dumps(value) for value in arrays[name]]
-            session.execute(_PG_INSERT, arrays | {"priority": BULK_PRIORITY, "now": now})
-        columns = dict(zip(_CHANGED + ("id",), map(list, zip(*changes, strict=True)), strict=True))
-        session.execute(_PG_UPDATE, columns | {"now": now})
+            session.execute(_PG_INSERT, {"rows": json.dumps(values), "priority": BULK_PRIORITY, "now": now})
+        moments: dict[datetime | None, str | None] = {None: None}
+        for change in changes:
+            if change[3] not in moments:
+                moments[change[3]] = change[3].isoformat()
+        session.execute(_PG_UPDATE, {"rows": json.dumps([(*change[:3], moments[change[3]], *change[4:])
+                                                         for change in changes]), "now": now})
         return
     connection = session.connection()
     dialect = connection.dialect

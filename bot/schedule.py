@@ -25,6 +25,18 @@ def _local(day: date, at: time, zone: ZoneInfo) -> datetime:
     return naive.astimezone(UTC).astimezone(zone)
 
 
+def quiet_hours_end(now: datetime, zone_name: str, quiet: tuple[time, time]) -> datetime | None:
+    """When the quiet hours `now` falls in end (UTC) in the learner's zone; None when `now` is not quiet."""
+    zone = ZoneInfo(zone_name)
+    local = now.astimezone(zone)
+    if not in_quiet_hours(local.time(), quiet):
+        return None
+    end = _local(local.date(), quiet[1], zone)
+    if end <= local:
+        end = _local(local.date() + timedelta(days=1), quiet[1], zone)
+    return end.astimezone(UTC)
+
+
 def next_lesson_at(
     after: datetime,
     zone_name: str,

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from bot import conversation as conv
 from bot.channels.base import Sender
@@ -58,9 +58,11 @@ def _learner_key(envelope: Envelope) -> dict[str, object]:
 def _find_or_create_learner(session: Session, envelope: Envelope, now: datetime) -> tuple[Learner, bool]:
     key = _learner_key(envelope)
     column, value = next(iter(key.items()))
-    query = (select(Learner).where(getattr(Learner, column) == value).with_for_update()
-             .options(selectinload(Learner.enrolments)))
-    learner = session.scalars(query).first()
+    # One round trip: the learner, locked (FOR UPDATE OF learners only: PostgreSQL cannot lock the
+    # nullable side of the outer join), with their enrolments.
+    query = (select(Learner).where(getattr(Learner, column) == value).with_for_update(of=Learner)
+             .options(joinedload(Learner.enrolments)))
+    learner = session.scalars(query).unique().first()
     if learner is not None:
         return learner, False
     try:
@@ -71,7 +73,7 @@ def _find_or_create_learner(session: Session, envelope: Envelope, now: datetime)
             session.add(learner)
         return learner, True
     except IntegrityError:  # the same new person wrote twice at once: the other request created them
-        return session.scalars(query).one(), False
+        return session.scalars(query).unique().one(), False
 
 
 def _insert(session: Session):  # type: ignore[no-untyped-def]
