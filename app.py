@@ -34,6 +34,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(telegram.bp)
     app.register_blueprint(health.bp)
+    from bot.web import api
+
+    app.register_blueprint(api.bp)
     return app
 
 

@@ -6,10 +6,12 @@ For each backend it starts, one after the other, the real app (`gunicorn 'app:cr
 or a fresh PostgreSQL schema, the repository's lessons, a FakeTwilio in this process as TWILIO_API_BASE_URL) and
 bench/bare_app.py (one POST route answering an empty <Response/>), with the same gunicorn settings (default
 `-w 2 --threads 4`, gthread workers). Simulated learners, one phone number each, post signed Twilio webhooks over
-keep-alive connections: first a warm-up (not measured), then N measured seconds. It prints req/s, p50/p99
-latency, errors (any non-200 or failed request), server and load-generator CPU, the Vereda/bare throughput
-ratio against the goals (ratio >= 0.5, p99 < 100 ms), and how many replies the dispatcher delivered to the fake
-Twilio. Only 127.0.0.1 is contacted; every process started here is stopped on exit, Ctrl-C included.
+keep-alive connections (closed loop, or open loop with --rate): first a warm-up (not measured), then N measured
+seconds. It prints req/s, p50/p99 latency, errors (any non-200 or failed request), the CPU of the app, the
+database, this process and the rest of the machine, the Vereda/bare throughput ratio against the goals
+(ratio >= 0.5, p99 < 100 ms), how many replies the dispatchers delivered to the fake Twilio and how long after
+the webhook answered. Only 127.0.0.1 is contacted; every process started here is stopped on exit, Ctrl-C and
+SIGTERM included. bench/README.md has the choices made and the figures measured.
 """
 
 from __future__ import annotations
@@ -125,19 +127,20 @@ def _worker_pids(master: int) -> list[int]:
 
 
 def _py_spy(args: argparse.Namespace, backend: str, target: str, workers: list[int]) -> list[subprocess.Popen[bytes]]:
-    """With --py-spy DIR: sample each worker for the measured seconds into DIR (flame graph SVG + collapsed)."""
+    """With --py-spy DIR: sample each worker for the measured seconds into DIR (collapsed stacks, one file each)."""
     if args.py_spy is None:
         return []
     args.py_spy.mkdir(parents=True, exist_ok=True)
     binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     procs = []
     for n, pid in enumerate(workers):
-        for fmt, ext in (("raw", "txt"),):
-            out = args.py_spy / f"{backend}-{target}-worker{n}.{ext}"
-            command = [binary, "record", "-p", str(pid), "-d", str(max(1, round(args.seconds))), "-r", "100",
-                       "-f", fmt, "-o", str(out), "--nonblocking"] + (["--idle"] if args.py_spy_idle else [])
-            procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True))
+        out = args.py_spy / f"{backend}-{target}-worker{n}.txt"
+        command = [binary, "record", "-p", str(pid), "-d", str(max(1, round(args.seconds))), "-r", "100",
+                   "-f", "raw", "-o", str(out), "--nonblocking"]
+        if getattr(args, "py_spy_idle", False):
+            command.append("--idle")
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
     for proc in procs:
         _children.append(proc)
     return procs
@@ -184,9 +187,8 @@ def _tree_cpu_seconds(root_pid: int) -> float:
         if int(fields[1]) == root_pid:  # field 4 (ppid), counted after the comm
             pids.add(pid)
     for pid in pids:
-        fields = stats.get(pid)
-        if fields:
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        if pid in stats:
+            total += (int(stats[pid][11]) + int(stats[pid][12])) / tick  # utime, stime
     return total
 
 
@@ -478,7 +480,11 @@ def postgres_reachable() -> bool:
 def bench_backend(backend: str, args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
     workdir = Path(tempfile.mkdtemp(prefix=f"vereda-bench-{backend}-"))
-    fake = FakeTwilio(messages=TimedList()).start()
+    arrivals = TimedList()
+    fake = FakeTwilio(messages=arrivals).start()
+    assert fake.server is not None
+    # Workers stopped at the end of a run drop their keep-alive connections: not worth a traceback.
+    fake.server.handle_error = lambda *_args: None  # type: ignore[method-assign]
     schema: str | None = None
     try:
         database_url, schema = _database(backend, workdir)
@@ -530,7 +536,7 @@ def bench_backend(backend: str, args: argparse.Namespace) -> list[Result]:
                     # After the load: only the dispatchers work, so their CPU per message shows.
                     result.delivered["after"] = total - before - during
                     result.drain_cpu = drain_cpu
-                    result.reply_lags = _reply_lags(database_url, phase, fake.messages.arrived)
+                    result.reply_lags = _reply_lags(database_url, phase, arrivals.arrived)
                 if server.proc.poll() is not None:
                     result.note = f"gunicorn exited with {server.proc.returncode}"
                 tail = server.log_tail(8)
@@ -560,7 +566,10 @@ def _reply_lags(database_url: str, phase: Phase, arrived: dict[str, float]) -> l
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
-            inbound = dict(connection.execute(text("SELECT id, provider_id FROM inbound_messages")).all())
+            inbound: dict[int, str] = {
+                int(row_id): str(sid) for row_id, sid in connection.execute(
+                    text("SELECT id, provider_id FROM inbound_messages"))
+            }
             outbound = connection.execute(text(
                 "SELECT idempotency_key, provider_id FROM outbound_messages WHERE idempotency_key LIKE 'in:%'"
             )).all()
@@ -680,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
                              "learner sends its next message as soon as the last is answered)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn -w (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn --threads (default 4)")
-    parser.add_argument("--drain", type=float, default=15.0, help="max seconds to wait for the outbox to empty")
+    parser.add_argument("--drain", type=float, default=30.0, help="max seconds to wait for the outbox to empty")
     parser.add_argument("--target", choices=["both", "vereda", "bare"], default="both")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir with gunicorn logs")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -696,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--concurrency must be 1..99")
     args.targets = ["vereda", "bare"] if args.target == "both" else [args.target]
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
 
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     if "postgresql" in backends and not postgres_reachable():

@@ -11,7 +11,7 @@ import csv
 import io
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -265,7 +265,7 @@ def _cell(value: object) -> object:
     return value
 
 
-def _csv(rows: list[tuple[object, ...]]) -> str:
+def _csv(rows: Sequence[Sequence[object]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerows([tuple(_cell(value) for value in row) for row in rows])

@@ -57,6 +57,7 @@ def start_scheduler(runtime: Runtime):  # type: ignore[no-untyped-def]
     """Run `tick` every few seconds in a background thread of this process."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run at INFO
     scheduler = BackgroundScheduler(timezone="UTC")
     # coalesce + a long misfire grace: a late or missed run happens once, never skips the drips
     # (the due times in the database decide what is sent, not the scheduler's own clock).
