@@ -37,6 +37,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     from bot.web import api
 
     app.register_blueprint(api.bp)
+    from bot.web import console
+
+    app.register_blueprint(console.bp)
     return app
 
 

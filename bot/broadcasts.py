@@ -63,7 +63,7 @@ def recipients_query(segment: dict[str, str]) -> Select:  # type: ignore[type-ar
         select(Learner.id, Learner.language, Learner.timezone, LearnerAddress.channel, LearnerAddress.address,
                LearnerAddress.last_inbound_at)
         .join(LearnerAddress, LearnerAddress.learner_id == Learner.id)
-        .where(Learner.opted_out_at.is_(None))
+        .where(Learner.opted_out_at.is_(None), LearnerAddress.channel.in_(CHANNELS))  # not `vereda chat`'s
     )
     if "channel" in segment:
         query = query.where(LearnerAddress.channel == segment["channel"])

@@ -17,7 +17,7 @@ from bot.courses import Catalog, Course
 from bot.db import transaction
 from bot.models import Answer, Base, Enrolment, Learner, LearnerAddress, OutboundMessage
 from bot.outbox import enqueue
-from bot.schedule import quiet_hours_end
+from bot.schedule import next_lesson_at, quiet_hours_end
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,15 @@ ENROLMENTS = Base.metadata.tables["enrolments"]
 _VARYING = ("idempotency_key", "learner_id", "channel", "to_address", "body", "choices", "ref", "content_sid",
             "content_variables", "kind", "status", "error_message")
 _CONSTANT = ("from_address", "priority", "attempts", "next_attempt_at", "erase_after_send", "created_at", "updated_at")
+# What a planned enrolment's change carries, in order, followed by its id (see _plan_batch and _write).
 _CHANGED = ("position", "question", "state", "next_due_at", "reminders", "lesson_sent")
 # PostgreSQL: a batch in one statement per table, its rows sent as one JSON array (psycopg would otherwise send a
 # statement per row, or parse a VALUES list of tens of thousands of placeholders, or escape arrays in Python).
 _PG_INSERT = text(f"""
     INSERT INTO outbound_messages ({", ".join(_VARYING + _CONSTANT)})
-    SELECT r->>0, CAST(r->>1 AS integer), r->>2, r->>3, r->>4, r->5, r->>6, r->>7, r->8, r->>9, r->>10, r->>11,
-           NULL, :priority, 0, :now, false, :now, :now
-    FROM json_array_elements(CAST(:rows AS json)) AS r
+    SELECT r->>0, CAST(r->>1 AS integer), r->>2, r->>3, r->>4, CAST(r->>5 AS json), r->>6, r->>7,
+           CAST(r->>8 AS json), r->>9, r->>10, r->>11, NULL, :priority, 0, :now, false, :now, :now
+    FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r
     ON CONFLICT (idempotency_key) DO NOTHING
 """)
 # As save_state: lesson_sent_at is now when a lesson went out, finished_at is now when the course has just ended.
@@ -106,7 +107,7 @@ _PG_UPDATE = text("""
         next_due_at = CAST(r->>3 AS timestamptz), reminders = CAST(r->>4 AS smallint),
         lesson_sent_at = CASE WHEN CAST(r->>5 AS boolean) THEN :now ELSE e.lesson_sent_at END,
         finished_at = CASE WHEN r->>2 = 'finished' AND e.finished_at IS NULL THEN :now ELSE e.finished_at END
-    FROM json_array_elements(CAST(:rows AS json)) AS r
+    FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r
     WHERE e.id = CAST(r->>6 AS integer)
 """)
 # SQLite: the driver's own executemany, the values converted by the columns' own types (as the ORM stores them).
@@ -262,8 +263,14 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
                 .where(_among(Answer.enrolment_id, scoring, postgres))):
             answers[enrolment_id][(lesson, question)] = correct
 
+    # WhatsApp learners who have not answered the template yet: no second lesson (nor template) until they do.
+    silent = sorted({row.learner_id for row, _course in live if row.channel == "whatsapp"})
+    waiting = set(session.scalars(select(OutboundMessage.learner_id).where(
+        _among(OutboundMessage.learner_id, silent, postgres), OutboundMessage.channel == "whatsapp",
+        OutboundMessage.status == "held", OutboundMessage.kind.in_(("lesson", "reminder"))))) if silent else set()
     plans: list[tuple[_Due, list[tuple[Any, ...]], _Step]] = []
     quiet_until: dict[str, datetime | None] = {}  # zone -> end of the quiet hours `now` is in
+    deferred: dict[datetime | None, list[int]] = {}  # end of the quiet hours -> enrolments moved to then
     for row, course in live:
         contact = contacts.get((row.learner_id, row.channel))
         if contact is None:
@@ -273,7 +280,11 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
         if zone not in quiet_until:
             quiet_until[zone] = quiet_hours_end(now, zone, ctx.quiet_hours)
         if quiet_until[zone] is not None:  # due while the learner sleeps (after downtime): when their night ends
-            session.execute(update(Enrolment).where(Enrolment.id == row.id).values(next_due_at=quiet_until[zone]))
+            deferred.setdefault(quiet_until[zone], []).append(row.id)
+            continue
+        if row.learner_id in waiting and not window_open(last_inbound_at, now):  # still silent: the next day
+            deferred.setdefault(next_lesson_at(now, zone, course.schedule, ctx.quiet_hours, row.preferred_hour),
+                                []).append(row.id)
             continue
         sender = senders[row.channel]
         if row.id in answers:
@@ -307,6 +318,8 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
         if log.isEnabledFor(logging.INFO):
             log.info("%s for lesson %d of %s queued for learner %d", step.kind, step.index + 1, course.id,
                      row.learner_id)
+    for until, ids in deferred.items():  # one statement per zone's morning, not one per enrolment
+        session.execute(update(Enrolment).where(_among(Enrolment.id, ids, postgres)).values(next_due_at=until))
     if not plans:
         return len(due), 0, position
 
@@ -332,9 +345,11 @@ def _write(session: Session, postgres: bool, now: datetime, values: list[tuple[A
            changes: list[tuple[Any, ...]]) -> None:
     """Insert a batch's outbox rows (a key already there is skipped) and move its enrolments on."""
     if postgres:
-        # choices and content_variables go in as JSON values, as SQLAlchemy's JSON type (json.dumps) stores them.
+        # choices and content_variables go in as the text SQLAlchemy's JSON type (json.dumps) would store.
         if values:
-            session.execute(_PG_INSERT, {"rows": json.dumps(values), "priority": BULK_PRIORITY, "now": now})
+            rows = json.dumps([(*row[:5], json.dumps(row[5]), *row[6:8], json.dumps(row[8]), *row[9:])
+                               for row in values])
+            session.execute(_PG_INSERT, {"rows": rows, "priority": BULK_PRIORITY, "now": now})
         moments: dict[datetime | None, str | None] = {None: None}
         for change in changes:
             if change[3] not in moments:

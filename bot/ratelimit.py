@@ -42,7 +42,7 @@ class RateLimiter:
             bucket = buckets.get(channel)
             if bucket is None:
                 bucket = buckets[channel] = self._bucket(session, channel, rate, now)
-            if bucket.tokens <= 0:
+            if bucket.tokens < 1:  # a whole token is needed to start a message (it may then overdraw)
                 throttled = True
                 continue
             bucket.tokens -= price

@@ -352,6 +352,8 @@ def enrol(factory: sessionmaker[Session], ctx: conv.Context, senders: Mapping[st
             raise Conflict(None, "the learner opted out: nothing may be sent to them")
         if any(e.course_id == course.id for e in learner.enrolments):
             raise Conflict("course", f"the learner is already enrolled in {course.id}")
+        if channel is not None and channel not in senders:
+            raise Conflict("channel", f"the {channel} channel is off (its credentials are not set)")
         usable = [c for c in ([channel] if channel else course.channels) if c in senders]
         address = session.scalars(
             select(LearnerAddress).where(LearnerAddress.learner_id == learner.id, LearnerAddress.channel.in_(usable))

@@ -154,10 +154,19 @@ class TelegramSender:
             return SendResult(False, error_code="network", error_message=type(error).__name__, retry=True)
         return SendResult(True, provider_id=f"{sent.chat_id}:{sent.message_id}")
 
-    def answer_callback(self, query_id: str) -> None:
-        """Answer a button press at once (clients show a spinner until we do); failures are only logged."""
+    def answer_callback(self, query_id: str, wait: float = 2.0) -> None:
+        """Answer a button press at once (clients show a spinner until we do); failures are only logged.
+
+        The webhook waits at most `wait` seconds: a hanging Bot API must not hold up our 200 (the call goes on
+        in the background on the loop).
+        """
+
+        async def run() -> Any:
+            bot = await self._get_bot()
+            return await bot.answer_callback_query(callback_query_id=query_id)
+
         try:
-            self.call("answer_callback_query", callback_query_id=query_id)
+            self.loop.run(run(), timeout=wait)
         except Exception as error:
             log.warning("answerCallbackQuery failed: %s", type(error).__name__)
 
