@@ -239,7 +239,7 @@ def test_course_days_are_respected(make_runtime: Callable[..., Runtime], fake_tw
 
     enrol_and_finish(runtime, [MX], at("2026-06-01 18:00"))  # Monday 12:00 in Mexico City
     driver = Driver(runtime, fake_twilio)
-    driver.run(at("2026-06-01 18:15"), at("2026-06-09 05:45"),
+    driver.run(at("2026-06-01 19:00"), at("2026-06-09 06:00"), step=timedelta(hours=1),
                after=lambda now: answer_quiz(runtime, MX, now + timedelta(minutes=1)))
     days = [local(d.planned_at, MX) for d in drips(runtime)]
     # Wednesday, Friday, then Monday: never on Tuesday, Thursday or the weekend; always at 09:00
@@ -295,7 +295,7 @@ def test_open_quiz_gets_one_reminder_a_day_then_pauses_and_says_so(rt: Runtime, 
     t0 = at("2026-06-01 18:00")
     assert say(rt, MX, "SEGURIDAD", t0).replies == 3  # and the learner never answers
     driver = Driver(rt, fake_twilio)
-    driver.run(t0 + timedelta(minutes=15), at("2026-06-08 05:45"))  # a week, a tick every 15 minutes
+    driver.run(t0 + timedelta(hours=1), at("2026-06-08 06:00"), step=timedelta(hours=1))  # a week, hourly
 
     got = drips(rt)
     assert [d.kind for d in got] == ["reminder"] * 4  # never a lesson while the quiz is open
@@ -400,7 +400,7 @@ def test_every_day_exactly_one_lesson_at_nine_local_across_dst(start: str, rt: R
 
     first = datetime.fromisoformat(start).date()
     end = at((first + timedelta(days=7)).isoformat() + " 06:00")
-    driver.run(t0 + timedelta(minutes=15), end, after=answer_all)
+    driver.run(t0 + timedelta(hours=1), end, step=timedelta(hours=1), after=answer_all)  # hourly, all week
 
     course = rt.catalog.get(COURSE)
     assert course is not None
