@@ -38,6 +38,14 @@ GOAL_RATE = 1000.0
 GOAL_WORKERS = 3
 
 
+def _cpu() -> float:
+    """CPU seconds (user + system) this process has used so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # -- the fake, in its own process ------------------------------------------------------------------------------------
 def fake_main() -> None:
     """Run FakeTwilio until stdin closes; print its URL first and the number of messages it accepted last."""
@@ -56,7 +64,8 @@ def fake_main() -> None:
     with fake.lock:
         accepted = len(fake.messages)
         distinct = len({(m.to, m.body) for m in fake.messages})
-    print(json.dumps({"accepted": accepted, "requests": fake.requests, "distinct": distinct}), flush=True)
+    print(json.dumps({"accepted": accepted, "requests": fake.requests, "distinct": distinct, "cpu": _cpu()}),
+          flush=True)
     fake.stop()
 
 
@@ -128,7 +137,7 @@ def ceiling(seconds: float, clients: int = 3, connections: int = 2) -> list[str]
     print(f"fake ceiling: {ok} accepted in {seconds:.0f} s ({ok / seconds:,.0f} req/s), {errors} errors, "
           f"the fake counted {accepted}", flush=True)
     return ["fake only (raw requests)", "-", f"{clients}x{connections} conn", f"{ok:,}", f"{seconds:.1f}",
-            f"{ok / seconds:,.0f}", "-", "-", f"{errors} errors"]
+            f"{ok / seconds:,.0f}", "-", "-", "-", "-", f"{errors} errors"]
 
 
 # -- a Vereda worker -----------------------------------------------------------------------------------------------
@@ -140,7 +149,7 @@ def worker_main(url: str, twilio_url: str, max_seconds: float) -> None:
     runtime = build(_data.settings_for(url, twilio_url))
     print("ready", flush=True)
     sys.stdin.readline()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     totals = {"sent": 0, "failed": 0, "retried": 0, "skipped": 0, "passes": 0}
     deadline = time.monotonic() + max_seconds
     while time.monotonic() < deadline:
@@ -151,6 +160,7 @@ def worker_main(url: str, twilio_url: str, max_seconds: float) -> None:
         if done.total() == 0:
             break
     totals["seconds"] = time.perf_counter() - started  # type: ignore[assignment]
+    totals["cpu"] = _cpu() - cpu  # type: ignore[assignment]
     print(json.dumps(totals), flush=True)
     runtime.engine.dispose()
 
@@ -198,12 +208,15 @@ def run(backend: str, n: int, workers: int, fakes_wanted: int, max_seconds: floa
     rate = sent_rows / timer.seconds
     ok = sent_rows == n and accepted == n and events == n
     check = "all sent once" if ok else f"CHECK: {sent_rows} sent rows, fake accepted {accepted} ({distinct} distinct)"
+    worker_cpu = sum(r["cpu"] for r in results) / max(sent_rows, 1) * 1000
+    fake_cpu = sum(r["cpu"] for r in received) / max(sent_rows, 1) * 1000
     print(f"[{backend}] {workers} worker(s), {len(fakes)} fake(s): {sent_rows} sent in {timer.seconds:.2f} s = "
-          f"{rate:,.0f} msg/s; per worker {[r['sent'] for r in results]}; {check}", flush=True)
+          f"{rate:,.0f} msg/s; per worker {[r['sent'] for r in results]}; CPU per message: workers "
+          f"{worker_cpu:.2f} ms, fakes {fake_cpu:.2f} ms; {check}", flush=True)
     goal = workers == GOAL_WORKERS and backend == "postgresql"
     return [backend, str(workers), str(len(fakes)), f"{sent_rows:,}", f"{timer.seconds:.2f}", f"{rate:,.0f}",
-            f">= {GOAL_RATE:,.0f}/s" if goal else "-", _data.verdict(rate >= GOAL_RATE and ok) if goal else "-",
-            check]
+            f"{worker_cpu:.2f}", f"{fake_cpu:.2f}", f">= {GOAL_RATE:,.0f}/s" if goal else "-",
+            _data.verdict(rate >= GOAL_RATE and ok) if goal else "-", check]
 
 
 def main() -> None:
@@ -236,8 +249,8 @@ def main() -> None:
         _data.stop_all()
     print()
     print("(b) dispatching queued SMS to a local fake Twilio, RATE_LIMITS off")
-    print(_data.table(["backend", "workers", "fakes", "messages", "seconds", "messages/s", "goal", "result", "checks"],
-                      rows))
+    print(_data.table(["backend", "workers", "fakes", "messages", "seconds", "messages/s", "worker CPU ms/msg",
+                       "fake CPU ms/msg", "goal", "result", "checks"], rows))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, and_, exists, func, select, update
+from sqlalchemy import Select, and_, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -193,7 +194,9 @@ def materialise(factory: sessionmaker[Session], broadcast_id: int, senders: dict
                 broadcast.state, broadcast.released_at = "released", now
                 return added
             values = _rows(broadcast, list(rows), senders, now, quiet)
-            if values:
+            if values and session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+                added += _insert_postgresql(session, values)
+            elif values:
                 insert = (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)  # type: ignore[union-attr]
                 # Core insert with RETURNING: counts the rows really added (an ORM bulk insert has no rowcount
                 # in SQLAlchemy 2.1, and executemany rowcounts are not reliable on every driver).
@@ -203,6 +206,40 @@ def materialise(factory: sessionmaker[Session], broadcast_id: int, senders: dict
                 added += len(session.execute(statement, values).all())
             broadcast.cursor = rows[-1].id
             broadcast.recipients = broadcast.recipients + len({v["learner_id"] for v in values})
+
+
+# PostgreSQL: a batch as one JSON parameter. A multi-row INSERT … VALUES of a batch has tens of thousands of
+# placeholders, which psycopg re-parses in Python for every batch (about 20 s for 100,000 recipients).
+_PG_COLUMNS = ("idempotency_key", "learner_id", "channel", "to_address", "from_address", "body", "choices", "kind",
+               "priority", "status", "attempts", "next_attempt_at", "error_message", "content_sid",
+               "content_variables", "erase_after_send", "broadcast_id", "created_at", "updated_at")
+_PG_INSERT = text(f"""
+    INSERT INTO outbound_messages ({", ".join(_PG_COLUMNS)})
+    SELECT r->>0, CAST(r->>1 AS integer), r->>2, r->>3, r->>4, r->>5, CAST(r->>6 AS json), r->>7,
+           CAST(r->>8 AS smallint), r->>9, CAST(r->>10 AS smallint), CAST(r->>11 AS timestamptz), r->>12, r->>13,
+           CAST(r->>14 AS json), CAST(r->>15 AS boolean), CAST(r->>16 AS integer), CAST(r->>17 AS timestamptz),
+           CAST(r->>18 AS timestamptz)
+    FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+""")
+
+
+def _insert_postgresql(session: Session, values: list[dict[str, object]]) -> int:
+    """Insert a batch (a key already there is skipped); returns how many rows were added."""
+    moments: dict[object, str] = {}
+
+    def cell(name: str, value: object) -> object:
+        if name in ("choices", "content_variables"):
+            return json.dumps(value)  # the text SQLAlchemy's JSON type stores (None is JSON null)
+        if isinstance(value, datetime):
+            if value not in moments:
+                moments[value] = value.isoformat()
+            return moments[value]
+        return value
+
+    rows = json.dumps([[cell(name, v[name]) for name in _PG_COLUMNS] for v in values])
+    return len(session.execute(_PG_INSERT, {"rows": rows}).all())
 
 
 def _rows(broadcast: Broadcast, rows: list, senders: dict[str, Sender], now: datetime,  # type: ignore[type-arg]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, and_, bindparam, cast, func, literal_column, or_, select, text, update
+from sqlalchemy import JSON, bindparam, cast, func, literal_column, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import conversation as conv
@@ -162,16 +162,16 @@ def plan_drips(factory: sessionmaker[Session], ctx: conv.Context, senders: dict[
     Safe when several processes run it at once: each batch locks its enrolments (SKIP LOCKED on PostgreSQL;
     SQLite writers are serial), so an enrolment is planned by one of them, once. Returns how many were planned.
     """
-    planned = seen = 0
-    after: tuple[datetime, int] | None = None  # keyset: enrolments left due (no address…) are not read twice
+    planned = 0
+    seen: list[int] = []  # enrolments read by this call: one left due (no address…) is not read again
     steps: dict[tuple[object, ...], _Step] = {}  # the conversation is pure: equal inputs, equal step
-    while seen < limit:
-        size = min(batch, limit - seen)
+    while len(seen) < limit:
+        size = min(batch, limit - len(seen))
         with transaction(factory) as session:
-            read, done, after = _plan_batch(session, ctx, senders, size, after, steps)
+            read, done = _plan_batch(session, ctx, senders, size, seen, steps)
         planned += done
         seen += read
-        if read < size:
+        if len(read) < size:
             break
     return planned
 
@@ -205,9 +205,8 @@ def _step(row: _Due, course: Course, sender: Sender, ctx: conv.Context,
 
 
 def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender], size: int,
-                after: tuple[datetime, int] | None, steps: dict[tuple[object, ...], _Step],
-                ) -> tuple[int, int, tuple[datetime, int] | None]:
-    """Plan one batch in the caller's transaction: (enrolments read, planned, keyset position)."""
+                seen: list[int], steps: dict[tuple[object, ...], _Step]) -> tuple[list[int], int]:
+    """Plan one batch in the caller's transaction, skipping `seen`: (ids of the enrolments read, planned)."""
     now = ctx.now
     postgres = session.get_bind().dialect.name == "postgresql"
     query = (
@@ -218,17 +217,16 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
         .join(Learner, Learner.id == Enrolment.learner_id)
         .where(Enrolment.state == "active", Enrolment.next_due_at <= now, Learner.opted_out_at.is_(None),
                Enrolment.channel.in_(list(senders)))
-        .order_by(Enrolment.next_due_at, Enrolment.id)
+        .order_by(Enrolment.next_due_at)  # no tie-break: the due index gives this order without a sort
         .limit(size)
         .with_for_update(skip_locked=True, of=Enrolment)
     )
-    if after is not None:
-        query = query.where(or_(Enrolment.next_due_at > after[0],
-                                and_(Enrolment.next_due_at == after[0], Enrolment.id > after[1])))
+    if seen:
+        query = query.where(~_among(Enrolment.id, seen, postgres))
     due = [_Due(*row) for row in session.execute(query).all()]  # type: ignore[arg-type, call-arg]
     if not due:
-        return 0, 0, after
-    position = (due[-1].next_due_at, due[-1].id)
+        return [], 0
+    read = [row.id for row in due]
 
     # The course is gone, or it has no further lesson: nothing is due any more.
     live: list[tuple[_Due, Course]] = []
@@ -242,7 +240,7 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
     if ended:
         session.execute(update(Enrolment).where(_among(Enrolment.id, ended, postgres)).values(next_due_at=None))
     if not live:
-        return len(due), 0, position
+        return read, 0
 
     # Each learner's address on the enrolment's channel: the one they wrote from last.
     contacts: dict[tuple[int, str], tuple[str, datetime | None]] = {}
@@ -315,13 +313,15 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
                 rows.append(_outbox_row(f"{key}:{n}:{part_no}", row.learner_id, row.channel, address, step.kind,
                                         part, ref, "held" if held else "queued", reason, None, None))
         plans.append((row, rows, step))
+        if held:  # as if planned one by one: this learner now waits for the template's answer
+            waiting.add(row.learner_id)
         if log.isEnabledFor(logging.INFO):
             log.info("%s for lesson %d of %s queued for learner %d", step.kind, step.index + 1, course.id,
                      row.learner_id)
     for until, ids in deferred.items():  # one statement per zone's morning, not one per enrolment
         session.execute(update(Enrolment).where(_among(Enrolment.id, ids, postgres)).values(next_due_at=until))
     if not plans:
-        return len(due), 0, position
+        return read, 0
 
     # A lesson already in the outbox was queued by someone else: leave that enrolment as it is (as a failed
     # insert rolled back its whole transaction before).
@@ -331,14 +331,14 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
     if taken:
         plans = [plan for plan in plans if not any(values[0] in taken for values in plan[1])]
         if not plans:
-            return len(due), 0, position
+            return read, 0
     changes = [(step.position, step.question, step.state, step.next_due_at, step.reminders, step.lesson_sent,
                 row.id) for row, _rows, step in plans]  # _CHANGED, then the id
     _write(session, postgres, now, [values for _row, rows, _step in plans for values in rows], changes)
     reset = sorted({row.learner_id for row, _rows, step in plans if step.reasks != row.reasks})
     if reset:  # a lesson went out: the count of unclear answers starts again
         session.execute(update(Learner).where(_among(Learner.id, reset, postgres)).values(reasks=0))
-    return len(due), len(plans), position
+    return read, len(plans)
 
 
 def _write(session: Session, postgres: bool, now: datetime, values: list[tuple[Any, ...]],
