@@ -48,7 +48,8 @@ def main() -> None:
     settings = Settings.from_env()
     app = create_app(settings)
     runtime: Runtime = app.extensions["vereda"]
-    runtime.dispatcher.ensure_started()
+    if runtime.dispatcher.enabled:
+        runtime.dispatcher.ensure_started()
     scheduler = None
     if settings.scheduler:
         from scheduler import start_scheduler

@@ -398,6 +398,7 @@ def worker() -> None:
     from scheduler import start_scheduler
 
     runtime = _runtime(_settings())
+    runtime.dispatcher.enabled = True  # a worker always sends (VEREDA_DISPATCHER=off is for web processes)
     runtime.dispatcher.ensure_started()
     scheduler = start_scheduler(runtime)
     stop = threading.Event()

@@ -21,8 +21,10 @@ def utcnow() -> datetime:
 class Dispatcher:
     """Sends due outbox rows within about a second of `wake()`; one thread per process (fork-safe)."""
 
-    def __init__(self, outbox: Outbox, clock: Callable[[], datetime] = utcnow, idle_seconds: float = 1.0):
+    def __init__(self, outbox: Outbox, clock: Callable[[], datetime] = utcnow, idle_seconds: float = 1.0,
+                 enabled: bool = True):
         self.outbox, self.clock, self.idle = outbox, clock, idle_seconds
+        self.enabled = enabled  # False (VEREDA_DISPATCHER=off): this web process queues, a worker sends
         self._event = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -40,6 +42,8 @@ class Dispatcher:
             self._thread.start()
 
     def wake(self) -> None:
+        if not self.enabled:
+            return
         self.ensure_started()
         self._event.set()
 

@@ -80,6 +80,9 @@ class Learner(Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     preferred_hour: Mapped[int | None] = mapped_column(SmallInteger)
     opted_out_at: Mapped[datetime | None]
+    # why: "keyword" (STOP), "blocked" (Telegram kicked the bot), "provider" (21610/63014/403 on send);
+    # only a "blocked" opt-out is lifted by unblocking the bot, every other one needs the learner's START
+    opted_out_by: Mapped[str | None] = mapped_column(String(16))
     current_course: Mapped[str | None] = mapped_column(String(64))
     pending: Mapped[str | None] = mapped_column(String(16))  # a question we asked: delete, language, menu
     reasks: Mapped[int] = mapped_column(SmallInteger, default=0)

@@ -384,10 +384,11 @@ def release_held(session: Session, learner_id: int, channel: str, now: datetime)
     return result.rowcount
 
 
-def opt_out(session: Session, learner_id: int, now: datetime) -> None:
-    """Mark the learner opted out and cancel whatever still waits for them in the outbox."""
+def opt_out(session: Session, learner_id: int, now: datetime, by: str = "provider") -> None:
+    """Mark the learner opted out (`by`: keyword, blocked, provider) and cancel what still waits for them."""
     session.execute(
-        update(Learner).where(Learner.id == learner_id, Learner.opted_out_at.is_(None)).values(opted_out_at=now)
+        update(Learner).where(Learner.id == learner_id, Learner.opted_out_at.is_(None))
+        .values(opted_out_at=now, opted_out_by=by)
     )
     session.execute(
         update(OutboundMessage)

@@ -68,5 +68,6 @@ def build(settings: Settings, senders: dict[str, Sender] | None = None) -> Runti
     limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
     outbox = Outbox(factory, senders, status_callback=callback, on_window_closed=window_closed_hook(catalog),
                     limiter=limiter)
-    return Runtime(settings, engine, factory, catalog, senders, outbox, Dispatcher(outbox),
+    return Runtime(settings, engine, factory, catalog, senders, outbox,
+                   Dispatcher(outbox, enabled=settings.dispatcher),
                    [str(p) for p in problems])

@@ -47,6 +47,8 @@ class _Duplicate(Exception):
 class Received:
     duplicate: bool
     replies: int = 0
+    # provider ids of our messages whose buttons answered a question that is now graded (Telegram clears them)
+    stale_buttons: tuple[str, ...] = ()
 
 
 def _learner_key(envelope: Envelope) -> dict[str, object]:
@@ -114,7 +116,7 @@ def save_state(session: Session, learner: Learner, state: conv.LearnerState, eff
     learner.language, learner.pending, learner.reasks = state.language, state.pending, state.reasks
     learner.current_course = state.current_course
     if effects.opted_in:
-        learner.opted_out_at = None
+        learner.opted_out_at, learner.opted_out_by = None, None
     by_course = {e.course_id: e for e in learner.enrolments}
     for course_id, es in state.enrolments.items():
         row = by_course.get(course_id)
@@ -134,19 +136,24 @@ def save_state(session: Session, learner: Learner, state: conv.LearnerState, eff
                            question=graded.question, choice=graded.choice, correct=graded.correct,
                            answered_at=now))
     if effects.opted_out:
-        opt_out(session, learner.id, now)
+        opt_out(session, learner.id, now, by="keyword")
 
 
 def telegram_membership(factory: sessionmaker[Session], chat_id: int, blocked: bool, now: datetime) -> None:
-    """The person blocked the bot (opt out) or unblocked it (opt in again); unknown chats are ignored."""
+    """The person blocked the bot (opt out) or unblocked it; unknown chats are ignored.
+
+    Unblocking lifts only the opt-out that blocking caused: a learner who sent /stop (or whom a provider
+    reported as unreachable) stays opted out until they write START themselves.
+    """
     with transaction(factory) as session:
-        learner = session.scalars(select(Learner).where(Learner.telegram_chat_id == chat_id)).first()
+        learner = session.scalars(select(Learner).where(Learner.telegram_chat_id == chat_id)
+                                  .with_for_update()).first()
         if learner is None:
             return
         if blocked:
-            opt_out(session, learner.id, now)
-        else:
-            learner.opted_out_at = None
+            opt_out(session, learner.id, now, by="blocked")
+        elif learner.opted_out_by == "blocked":
+            learner.opted_out_at, learner.opted_out_by = None, None
 
 
 def erase_learner(session: Session, learner_id: int) -> None:
@@ -216,12 +223,18 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
             save_state(session, learner, state, effects, now)
         log.info("inbound %s from %s via %s: %d repl%s", inbound_id, mask(envelope.address), envelope.channel,
                  len(effects.replies), "y" if len(effects.replies) == 1 else "ies")
+        stale: tuple[str, ...] = ()
+        if envelope.channel == "telegram" and effects.graded and learner_id is not None:
+            refs = [f"q:{g.course_id}:{g.lesson}:{g.question}" for g in effects.graded]
+            stale = tuple(session.scalars(select(OutboundMessage.provider_id).where(
+                OutboundMessage.learner_id == learner_id, OutboundMessage.channel == "telegram",
+                OutboundMessage.ref.in_(refs), OutboundMessage.provider_id.is_not(None))))
         sender = senders.get(channel)
         if sender is None:
-            return Received(duplicate=False)
+            return Received(duplicate=False, stale_buttons=stale)
         for n, reply in enumerate(effects.replies):
             enqueue(session, key=f"in:{inbound_id}:{n}", learner_id=learner_id, channel=channel,
                     to_address=envelope.address, from_address=envelope.to, kind=reply.kind, now=now,
                     parts=sender.render(envelope.channel, reply.text, reply.choices, reply.quick_reply),
                     erase_after_send=effects.erase, ref=reply.ref)
-        return Received(duplicate=False, replies=len(effects.replies))
+        return Received(duplicate=False, replies=len(effects.replies), stale_buttons=stale)

@@ -8,6 +8,7 @@ closed". Instead the Bot lives on this one loop, and threads submit coroutines t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import sys
 import threading
@@ -54,6 +55,10 @@ class LoopThread:
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         """Run `coroutine` on the loop and wait for its result (from any thread but the loop's own)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop()).result(timeout)
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start `coroutine` on the loop and return at once (its future says how it ended)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop())
 
     def stop(self) -> None:
         with self._lock:

@@ -171,8 +171,19 @@ class TelegramSender:
             log.warning("answerCallbackQuery failed: %s", type(error).__name__)
 
     def clear_buttons(self, chat_id: int, message_id: int) -> None:
-        """Remove the keyboard of an answered question, so it cannot be pressed again."""
-        try:
-            self.call("edit_message_reply_markup", chat_id=chat_id, message_id=message_id, reply_markup=None)
-        except Exception as error:
-            log.info("editMessageReplyMarkup failed: %s", type(error).__name__)
+        """Remove the keyboard of an answered (or outdated) question, so it cannot be pressed again.
+
+        Nothing waits for it: the call runs on the loop in the background and a failure (the message is too
+        old to edit, the person deleted it) is only logged.
+        """
+
+        async def run() -> Any:
+            bot = await self._get_bot()
+            return await bot.edit_message_reply_markup(chat_id=chat_id, message_id=message_id, reply_markup=None)
+
+        def done(future: Any) -> None:
+            error = future.exception()
+            if error is not None:
+                log.info("editMessageReplyMarkup failed: %s", type(error).__name__)
+
+        self.loop.submit(run()).add_done_callback(done)

@@ -36,8 +36,17 @@ def telegram_update() -> Response:
         envelope = Envelope(channel="telegram", provider_id=str(event.update_id), address=str(event.chat_id),
                             text=event.text, media_count=event.media_count, choice=event.choice, ref=event.ref,
                             course_start=event.course_start, telegram_chat_id=event.chat_id)
-        receive(runtime.factory, envelope, runtime.context(now), runtime.senders)
+        received = receive(runtime.factory, envelope, runtime.context(now), runtime.senders)
         runtime.dispatcher.wake()
+        # A pressed keyboard is spent whatever the press counted for (answered now, before, or outdated);
+        # a question answered by typing loses its keyboard too. Old buttons then cannot confuse anyone.
+        spent = {event.message_id} if event.kind == "press" and event.message_id is not None else set()
+        for provider_id in received.stale_buttons:
+            chat, _, message_id = provider_id.partition(":")
+            if chat == str(event.chat_id) and message_id.isdigit():
+                spent.add(int(message_id))
+        for message_id in sorted(spent):
+            sender.clear_buttons(event.chat_id, message_id)
     elif event.kind in ("kicked", "member") and event.chat_id is not None:
         telegram_membership(runtime.factory, event.chat_id, blocked=event.kind == "kicked", now=now)
     return jsonify(ok=True)

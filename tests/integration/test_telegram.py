@@ -455,6 +455,63 @@ def test_press_of_a_stale_button_after_a_typed_answer_does_not_count(tg: Telegra
     assert answers(runtime) == [(0, 0, 1, False)]
 
 
+def cleared(fake: FakeTelegram, count: int, timeout: float = 5.0) -> list[int]:
+    """The message ids whose keyboard was removed (editMessageReplyMarkup without a markup), once `count` are."""
+    deadline = time.monotonic() + timeout
+    while True:
+        edits = fake.of("editMessageReplyMarkup")
+        if len(edits) >= count or time.monotonic() > deadline:
+            assert all(not c.params.get("reply_markup") for c in edits)
+            assert all(int(c.params["chat_id"]) == CHAT for c in edits)
+            return sorted(int(c.params["message_id"]) for c in edits)
+        time.sleep(0.02)
+
+
+def test_a_pressed_keyboard_is_removed(tg: Telegram, runtime, fake_telegram: FakeTelegram) -> None:
+    enrol(tg, runtime)
+    message_id, buttons = last_question(fake_telegram)
+    tg.press(buttons[1][1], message_id)
+    settle(runtime)
+    assert cleared(fake_telegram, 1) == [message_id]
+    # the next question has its own keyboard, untouched
+    next_id, _ = last_question(fake_telegram)
+    assert next_id != message_id
+    tg.press(buttons[0][1], message_id)  # a press on the spent keyboard (an old client) clears it again
+    assert cleared(fake_telegram, 2) == [message_id, message_id]
+    assert answers(runtime) == [(0, 0, 2, True)]
+
+
+def test_a_typed_answer_removes_the_question_keyboard(tg: Telegram, runtime, fake_telegram: FakeTelegram) -> None:
+    enrol(tg, runtime)
+    message_id, _ = last_question(fake_telegram)
+    tg.text("2")
+    settle(runtime)
+    assert cleared(fake_telegram, 1) == [message_id]
+    assert answers(runtime) == [(0, 0, 2, True)]
+    tg.text("AYUDA")  # no answer graded: no keyboard touched
+    settle(runtime)
+    time.sleep(0.2)
+    assert cleared(fake_telegram, 1, timeout=0) == [message_id]
+
+
+def test_a_failing_keyboard_edit_changes_nothing(tg: Telegram, runtime, fake_telegram: FakeTelegram) -> None:
+    enrol(tg, runtime)
+    message_id, buttons = last_question(fake_telegram)
+    fake_telegram.fail_next("editMessageReplyMarkup", TgFailure(400, "Bad Request: message can't be edited"))
+    assert tg.press(buttons[1][1], message_id).status_code == 200
+    settle(runtime)
+    deadline = time.monotonic() + 5
+    while fake_telegram.failures["editMessageReplyMarkup"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not fake_telegram.failures["editMessageReplyMarkup"]  # tried, and refused
+    assert answers(runtime) == [(0, 0, 2, True)]
+    next_id, next_buttons = last_question(fake_telegram)
+    tg.press(next_buttons[0][1], next_id)  # the course goes on, and the next edit works
+    settle(runtime)
+    assert cleared(fake_telegram, 1) == [next_id]
+    assert len(answers(runtime)) == 2
+
+
 def test_edited_answer_is_never_graded_again(tg: Telegram, runtime, fake_telegram: FakeTelegram) -> None:
     enrol(tg, runtime)
     original = message_update(tg.next_id(), "3", message_id=77)
@@ -534,6 +591,24 @@ def test_kicked_opts_out_and_no_drip_follows(tg: Telegram, runtime, fake_telegra
     assert len(fake_telegram.sent(CHAT)) == sent
     # unblocked: Telegram says member again, and the learner is reachable again
     assert tg.post(fixture("my_chat_member_member")).status_code == 200
+    assert the_learner(runtime).opted_out_at is None
+
+
+def test_unblocking_after_stop_does_not_opt_in_again(tg: Telegram, runtime, fake_telegram: FakeTelegram) -> None:
+    from scheduler import tick
+
+    enrol(tg, runtime)
+    tg.text("/stop")
+    settle(runtime)
+    sent = len(fake_telegram.sent(CHAT))
+    assert tg.post(fixture("my_chat_member_kicked")).status_code == 200
+    assert tg.post(fixture("my_chat_member_member")).status_code == 200
+    assert the_learner(runtime).opted_out_at is not None  # /stop was theirs: only their START lifts it
+    report = tick(runtime, now=utcnow() + timedelta(days=2), budget=5)
+    assert report.lessons_planned == 0 and report.sent == 0
+    assert len(fake_telegram.sent(CHAT)) == sent
+    tg.text("START")
+    settle(runtime)
     assert the_learner(runtime).opted_out_at is None
 
 
