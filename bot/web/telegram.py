@@ -40,11 +40,11 @@ def telegram_update() -> Response:
         runtime.dispatcher.wake()
         # A pressed keyboard is spent whatever the press counted for (answered now, before, or outdated);
         # a question answered by typing loses its keyboard too. Old buttons then cannot confuse anyone.
-        spent = {event.message_id} if event.kind == "press" and event.message_id is not None else set()
+        spent: set[int] = {event.message_id} if event.kind == "press" and event.message_id is not None else set()
         for provider_id in received.stale_buttons:
-            chat, _, message_id = provider_id.partition(":")
-            if chat == str(event.chat_id) and message_id.isdigit():
-                spent.add(int(message_id))
+            chat, _, number = provider_id.partition(":")
+            if chat == str(event.chat_id) and number.isdigit():
+                spent.add(int(number))
         for message_id in sorted(spent):
             sender.clear_buttons(event.chat_id, message_id)
     elif event.kind in ("kicked", "member") and event.chat_id is not None:
