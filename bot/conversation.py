@@ -311,11 +311,20 @@ class Turn:
         if found is None:
             self.reply(self.say("nothing_enrolled"))
             return
-        _course, enrolment = found
+        course, enrolment = found
         if enrolment.state != "finished":
             enrolment.state = "paused" if pause else "active"
             enrolment.reminders = 0
         self.reply(self.say("paused" if pause else "resumed"))
+        if pause or enrolment.state == "finished":
+            return
+        if enrolment.question is not None:
+            # Paused with a quiz open (by PAUSA, or after 3 ignored reminders): the question comes back now,
+            # and the reminders start over tomorrow.
+            self._send_question(course, enrolment)
+            enrolment.next_due_at = next_due(self.learner, course, self.ctx)
+        elif enrolment.next_due_at is None:
+            enrolment.next_due_at = next_due(self.learner, course, self.ctx)
 
     def _status(self) -> None:
         lines = []

@@ -807,6 +807,29 @@ def test_pause_and_resume(pause: str, resume: str) -> None:
     assert chat.enrolment.state == "active"
 
 
+def test_resume_with_a_quiz_open_asks_the_question_again() -> None:
+    chat = enrolled()
+    asked = chat.history[-1].replies[-1]  # the lesson's first question
+    chat.send("PAUSA")
+    chat.enrolment.next_due_at = None  # as the pause after three ignored reminders leaves it
+    effects = chat.send("SEGUIR")
+    assert [r.text for r in effects.replies] == ["Lecciones diarias activadas de nuevo.", asked.text]
+    assert effects.replies[1].choices == asked.choices and effects.replies[1].ref == asked.ref
+    assert chat.enrolment.state == "active" and chat.enrolment.reminders == 0
+    assert chat.enrolment.next_due_at is not None and chat.enrolment.next_due_at > NOW  # reminders start again
+    assert chat.send("2").graded == [Graded("seguridad", 0, 0, 2, True)]
+
+
+def test_resume_without_a_quiz_open_plans_the_next_lesson() -> None:
+    chat = enrolled()
+    chat.send("2")
+    chat.send("1")
+    chat.send("PAUSA")
+    chat.enrolment.next_due_at = None
+    assert chat.texts("SEGUIR") == ["Lecciones diarias activadas de nuevo."]
+    assert chat.enrolment.next_due_at is not None and chat.enrolment.next_due_at > NOW
+
+
 def test_answering_while_paused_resumes() -> None:
     chat = enrolled()
     chat.send("PAUSA")
