@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import Connection, CursorResult, Table, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.channels.base import Outgoing, Rendered, Sender, SendResult
@@ -22,6 +22,28 @@ from bot.models import Learner, MessageEvent, OutboundMessage
 from bot.ratelimit import RateLimiter, cost
 
 log = logging.getLogger(__name__)
+OUTBOX: Table = OutboundMessage.__table__  # type: ignore[assignment]
+INSERT_OUTBOX = insert(OUTBOX)
+UPDATE_MESSAGE = update(OUTBOX).where(OUTBOX.c.id == bindparam("_id"))
+EVENTS: Table = MessageEvent.__table__  # type: ignore[assignment]
+LEARNERS: Table = Learner.__table__  # type: ignore[assignment]
+INSERT_EVENT = insert(EVENTS)
+CLAIM_DUE = (select(OUTBOX.c.id, OUTBOX.c.channel, OUTBOX.c.body, OUTBOX.c.content_sid)
+             .where(OUTBOX.c.status == "queued", OUTBOX.c.next_attempt_at <= bindparam("now"),
+                    OUTBOX.c.channel.in_(bindparam("channels", expanding=True)))
+             .order_by(OUTBOX.c.priority, OUTBOX.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True))
+CLAIM_MARK = (update(OUTBOX).where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)), OUTBOX.c.status == "queued")
+              .values(status="sending", claim_token=bindparam("token"), updated_at=bindparam("now"),
+                      claimed_until=bindparam("until"), attempts=OUTBOX.c.attempts + 1))
+CLAIMED = (select(OUTBOX, LEARNERS.c.opted_out_at.label("learner_opted_out_at"))
+           .select_from(OUTBOX.outerjoin(LEARNERS, LEARNERS.c.id == OUTBOX.c.learner_id))
+           .where(OUTBOX.c.claim_token == bindparam("token")).order_by(OUTBOX.c.priority, OUTBOX.c.id))
+CANCEL = (update(OUTBOX).where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+          .values(status="cancelled", claim_token=None, claimed_until=None, updated_at=bindparam("now")))
+RELEASE_HELD = (update(OUTBOX).where(OUTBOX.c.learner_id == bindparam("learner"), OUTBOX.c.channel == bindparam("via"),
+                                     OUTBOX.c.status == "held")
+                .values(status="queued", priority=-1, next_attempt_at=bindparam("now"), updated_at=bindparam("now"),
+                        error_message=None))
 
 WINDOW_CLOSED = "63016"  # Twilio: WhatsApp free-form message outside the 24 h customer-care window
 CLAIM_SECONDS = 60  # a claimed row not finished by then belonged to a process that died
@@ -38,7 +60,7 @@ PROVIDER_STATUS = {"undelivered": "failed"}
 
 
 def enqueue(
-    session: Session,
+    bind: Session | Connection,
     *,
     key: str,
     learner_id: int | None,
@@ -55,24 +77,25 @@ def enqueue(
     reason: str | None = None,
     content_sid: str | None = None,
     content_variables: dict[str, str] | None = None,
-) -> list[OutboundMessage]:
-    """Add one outbox row per rendered part, keyed `key:n` (unique: queuing twice adds nothing).
+) -> int:
+    """Add one outbox row per rendered part, keyed `key:n` (unique: queuing the same key twice is an
+    IntegrityError, and the caller's transaction adds nothing). Returns how many rows were added.
 
     `status="held"` queues rows that wait for the learner's next message (`reason` says why).
     """
-    rows = []
-    for n, part in enumerate(parts):
-        row = OutboundMessage(
-            idempotency_key=f"{key}:{n}", learner_id=learner_id, channel=channel, to_address=to_address,
-            from_address=from_address, body=part.body, choices=list(part.buttons) or None, kind=kind,
-            priority=priority, ref=ref, status=status, attempts=0, next_attempt_at=now, created_at=now,
-            updated_at=now, erase_after_send=erase_after_send, error_message=reason,
-            content_sid=part.content_sid or content_sid, content_variables=part.content_variables or content_variables,
-        )
-        session.add(row)
-        rows.append(row)
-    session.flush()
-    return rows
+    rows = [
+        {"idempotency_key": f"{key}:{n}", "learner_id": learner_id, "channel": channel, "to_address": to_address,
+         "from_address": from_address, "body": part.body, "choices": list(part.buttons) or None, "kind": kind,
+         "priority": priority, "ref": ref, "status": status, "attempts": 0, "next_attempt_at": now,
+         "created_at": now, "updated_at": now, "erase_after_send": erase_after_send, "error_message": reason,
+         "content_sid": part.content_sid or content_sid,
+         "content_variables": part.content_variables or content_variables}
+        for n, part in enumerate(parts)
+    ]
+    if rows:
+        connection = bind.connection() if isinstance(bind, Session) else bind
+        connection.execute(INSERT_OUTBOX, rows)
+    return len(rows)
 
 
 def backoff(attempts: int, rng: random.Random | None = None) -> float:
@@ -148,15 +171,9 @@ class Outbox:
         """Mark up to `limit` due rows of our channels as ours (SKIP LOCKED on PostgreSQL; SQLite is serial)."""
         token = str(uuid.uuid4())
         with transaction(self.factory) as session:
-            due = (
-                select(OutboundMessage.id, OutboundMessage.channel, OutboundMessage.body, OutboundMessage.content_sid)
-                .where(OutboundMessage.status == "queued", OutboundMessage.next_attempt_at <= now,
-                       OutboundMessage.channel.in_(list(self.senders)))
-                .order_by(OutboundMessage.priority, OutboundMessage.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            candidates = session.execute(due).all()
+            connection = session.connection()
+            candidates = connection.execute(CLAIM_DUE, {"now": now, "channels": list(self.senders),
+                                                        "limit": limit}).all()
             if self.limiter is None:
                 ids = [row.id for row in candidates]
             else:
@@ -165,24 +182,12 @@ class Outbox:
                 self.throttled = self.throttled or throttled
             if not ids:
                 return []
-            session.execute(
-                update(OutboundMessage)
-                .where(OutboundMessage.id.in_(ids), OutboundMessage.status == "queued")
-                .values(status="sending", claim_token=token, updated_at=now,
-                        claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
-                        attempts=OutboundMessage.attempts + 1)
-            )
-            rows = session.execute(
-                select(OutboundMessage, Learner.opted_out_at)
-                .outerjoin(Learner, Learner.id == OutboundMessage.learner_id)
-                .where(OutboundMessage.claim_token == token)
-                .order_by(OutboundMessage.priority, OutboundMessage.id)
-            ).all()
-            claimed = []
-            for row, opted_out_at in rows:
-                if opted_out_at is not None:  # STOP arrived after this was queued: it never goes out
-                    row.status, row.claim_token = "cancelled", None
-                    session.add(MessageEvent(message_id=row.id, status="cancelled", detail="opted out", at=now))
+            connection.execute(CLAIM_MARK, {"ids": ids, "token": token, "now": now,
+                                            "until": now + timedelta(seconds=CLAIM_SECONDS)})
+            claimed, cancelled = [], []
+            for row in connection.execute(CLAIMED, {"token": token}):
+                if row.learner_opted_out_at is not None:  # STOP arrived after this was queued: it never goes out
+                    cancelled.append(row.id)
                     continue
                 claimed.append(Outgoing(
                     id=row.id, channel=row.channel, to_address=row.to_address, from_address=row.from_address,
@@ -191,6 +196,10 @@ class Outbox:
                     learner_id=row.learner_id, kind=row.kind, attempts=row.attempts,
                     erase_after_send=row.erase_after_send,
                 ))
+            if cancelled:
+                connection.execute(CANCEL, {"ids": cancelled, "now": now})
+                connection.execute(INSERT_EVENT, [{"message_id": i, "status": "cancelled", "error_code": None,
+                                                   "detail": "opted out", "at": now} for i in cancelled])
             return claimed
 
     def cancel_if_opted_out(self, message: Outgoing, now: datetime) -> bool:
@@ -213,8 +222,9 @@ class Outbox:
 
     def attempting(self, message: Outgoing, now: datetime) -> None:
         """Note in the history that this message is being handed to the provider now."""
-        with transaction(self.factory) as session:
-            session.add(MessageEvent(message_id=message.id, status=ATTEMPT, at=now))
+        with self.factory.kw["bind"].begin() as connection:
+            connection.execute(INSERT_EVENT, {"message_id": message.id, "status": ATTEMPT, "error_code": None,
+                                              "detail": None, "at": now})
 
     def unclaim(self, ids: list[int], now: datetime) -> None:
         """Hand claimed rows that were never tried back to the queue, as if never claimed."""
@@ -249,21 +259,22 @@ class Outbox:
             values["next_attempt_at"] = now + timedelta(seconds=delay)
         else:
             status = "failed"
+        detail = None if result.ok else (result.error_message or "")[:255]
+        event = "retry" if status == "queued" else status
         with transaction(self.factory) as session:
-            changed = session.execute(
-                update(OutboundMessage).where(OutboundMessage.id == message.id).values(status=status, **values))
-            if not changed.rowcount:  # type: ignore[attr-defined]
+            connection = session.connection()  # Core, statements built once: this runs for every message
+            changed: CursorResult = connection.execute(  # type: ignore[assignment]
+                UPDATE_MESSAGE, {"_id": message.id, "status": status, **values})
+            if not changed.rowcount:
                 return "gone"  # erased meanwhile
             if status == "held" and self.on_window_closed is not None:
                 row = session.get(OutboundMessage, message.id)
                 if row is not None:
                     self.on_window_closed(session, row, now)
             if status == "failed" and result.opt_out and message.learner_id is not None:
-                opt_out(session, message.learner_id, now)
-            detail = None if result.ok else (result.error_message or "")[:255]
-            event = "retry" if status == "queued" else status
-            session.add(MessageEvent(message_id=message.id, status=event, error_code=result.error_code,
-                                     detail=detail, at=now))
+                opt_out(connection, message.learner_id, now)
+            connection.execute(INSERT_EVENT, {"message_id": message.id, "status": event,
+                                              "error_code": result.error_code, "detail": detail, "at": now})
         log.info("message %s to %s via %s: %s%s", message.id, mask(message.to_address), message.channel, event,
                  f" ({result.error_code})" if result.error_code else "")
         return status
@@ -373,18 +384,14 @@ class Outbox:
             return True
 
 
-def release_held(session: Session, learner_id: int, channel: str, now: datetime) -> int:
+def release_held(session: Session | Connection, learner_id: int, channel: str, now: datetime) -> int:
     """The learner wrote: send what waited for them (first, before the replies to this message)."""
     result: CursorResult = session.execute(  # type: ignore[assignment]
-        update(OutboundMessage)
-        .where(OutboundMessage.learner_id == learner_id, OutboundMessage.channel == channel,
-               OutboundMessage.status == "held")
-        .values(status="queued", priority=-1, next_attempt_at=now, updated_at=now, error_message=None)
-    )
+        RELEASE_HELD, {"learner": learner_id, "via": channel, "now": now})
     return result.rowcount
 
 
-def opt_out(session: Session, learner_id: int, now: datetime, by: str = "provider") -> None:
+def opt_out(session: Session | Connection, learner_id: int, now: datetime, by: str = "provider") -> None:
     """Mark the learner opted out (`by`: keyword, blocked, provider) and cancel what still waits for them."""
     session.execute(
         update(Learner).where(Learner.id == learner_id, Learner.opted_out_at.is_(None))

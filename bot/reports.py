@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Select, and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from bot import broadcasts
 from bot import conversation as conv
@@ -41,7 +41,7 @@ from bot.models import (
 )
 from bot.outbox import enqueue
 from bot.schedule import quiet_hours_end
-from bot.services import erase_learner, load_state, save_state
+from bot.services import erase_learner, fetch_learner, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -344,13 +344,13 @@ def enrol(factory: sessionmaker[Session], ctx: conv.Context, senders: Mapping[st
         raise Invalid("channel", f"{channel!r} is not one of the course's channels ({', '.join(course.channels)})")
     now = ctx.now
     with transaction(factory) as session:
-        learner = session.scalars(select(Learner).where(Learner.id == learner_id).with_for_update()
-                                  .options(selectinload(Learner.enrolments))).first()
+        connection = session.connection()
+        learner = fetch_learner(connection, "id", learner_id)
         if learner is None:
             raise Missing(f"no learner {learner_id}")
-        if learner.opted_out:
+        if learner.values["opted_out_at"] is not None:
             raise Conflict(None, "the learner opted out: nothing may be sent to them")
-        if any(e.course_id == course.id for e in learner.enrolments):
+        if course.id in learner.enrolments:
             raise Conflict("course", f"the learner is already enrolled in {course.id}")
         if channel is not None and channel not in senders:
             raise Conflict("channel", f"the {channel} channel is off (its credentials are not set)")
@@ -360,7 +360,7 @@ def enrol(factory: sessionmaker[Session], ctx: conv.Context, senders: Mapping[st
             .order_by(LearnerAddress.last_inbound_at.desc(), LearnerAddress.id.desc())).first()
         if address is None:
             raise Conflict("channel", "the learner has no address on a channel of this course that is on")
-        state = load_state(session, learner, False)
+        state = load_state(connection, learner, False)
         enrolment = conv.EnrolmentState(course_id=course.id, channel=address.channel, new=True)
         state.enrolments[course.id] = enrolment
         state.current_course, state.pending = course.id, None
@@ -370,7 +370,7 @@ def enrol(factory: sessionmaker[Session], ctx: conv.Context, senders: Mapping[st
         conv.deliver_lesson(state, course, enrolment, 0, address.channel, ctx, out)
         try:
             with session.begin_nested():
-                save_state(session, learner, state, conv.Effects(), now)
+                save_state(connection, learner, state, conv.Effects(), now)
         except IntegrityError:  # enrolled by another request (or by the learner's keyword) at the same moment
             raise Conflict("course", f"the learner is already enrolled in {course.id}") from None
         enrolment_id = session.scalars(select(Enrolment.id).where(
@@ -385,7 +385,7 @@ def enrol(factory: sessionmaker[Session], ctx: conv.Context, senders: Mapping[st
                     parts=sender.render(address.channel, message.text, message.choices, message.quick_reply),
                     status="held" if held else "queued",
                     reason=(TEMPLATE_SENT if course.whatsapp_template else NO_TEMPLATE) if held else None)
-        due = quiet_hours_end(now, learner.timezone or course.timezone, ctx.quiet_hours)
+        due = quiet_hours_end(now, learner.values["timezone"] or course.timezone, ctx.quiet_hours)
         if due is not None:  # a coordinator's enrolment is not a reply: it waits for the learner's morning
             session.execute(update(OutboundMessage).where(OutboundMessage.learner_id == learner.id, or_(
                 *[OutboundMessage.idempotency_key.startswith(p, autoescape=True) for p in _keys(enrolment_id)]))

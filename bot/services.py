@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, Select, Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, joinedload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from bot import conversation as conv
 from bot.channels.base import Sender
@@ -57,86 +58,160 @@ def _learner_key(envelope: Envelope) -> dict[str, object]:
     return {"phone": e164(envelope.address)}
 
 
-def _find_or_create_learner(session: Session, envelope: Envelope, now: datetime) -> tuple[Learner, bool]:
+# The inbound path runs for every message a learner sends, so it speaks SQLAlchemy Core on the session's
+# connection with statements built once here: executing a prepared construct costs a fraction of building one.
+LEARNERS: Table = Learner.__table__  # type: ignore[assignment]
+ENROLMENTS: Table = Enrolment.__table__  # type: ignore[assignment]
+ANSWERS: Table = Answer.__table__  # type: ignore[assignment]
+ADDRESSES: Table = LearnerAddress.__table__  # type: ignore[assignment]
+INBOUND: Table = InboundMessage.__table__  # type: ignore[assignment]
+STATE_FIELDS = ("channel", "position", "question", "state", "next_due_at", "reminders")
+_LEARNER_NAMES = [c.name for c in LEARNERS.c]
+_ENROLMENT_NAMES = [c.name for c in ENROLMENTS.c]
+
+
+def _fetch_by(column: str) -> Select[Any]:
+    """The learner (locked: FOR UPDATE OF learners, as PostgreSQL cannot lock the nullable side of the outer
+    join; SQLite's BEGIN IMMEDIATE already serialises writers) with their enrolments, in one round trip."""
+    return (select(LEARNERS, *[c.label(f"e_{c.name}") for c in ENROLMENTS.c])
+            .select_from(LEARNERS.outerjoin(ENROLMENTS, ENROLMENTS.c.learner_id == LEARNERS.c.id))
+            .where(LEARNERS.c[column] == bindparam("key")).with_for_update(of=LEARNERS))
+
+
+FETCH = {column: _fetch_by(column) for column in ("id", "phone", "telegram_chat_id")}
+ANSWERS_OF = select(ANSWERS.c.enrolment_id, ANSWERS.c.lesson, ANSWERS.c.question, ANSWERS.c.correct).where(
+    ANSWERS.c.enrolment_id.in_(bindparam("ids", expanding=True)))
+UPDATE_LEARNER = update(LEARNERS).where(LEARNERS.c.id == bindparam("_id"))
+UPDATE_ENROLMENT = update(ENROLMENTS).where(ENROLMENTS.c.id == bindparam("_id"))
+INSERT_ANSWERS = insert(ANSWERS)
+
+
+def _dialect_statements(dialect: Any) -> dict[str, Any]:
+    """The INSERT … ON CONFLICT statements, in the dialect's own construct."""
+    create = {column: dialect.insert(LEARNERS).on_conflict_do_nothing(index_elements=[column])
+              .returning(LEARNERS.c.id) for column in ("phone", "telegram_chat_id")}
+    upsert = dialect.insert(ADDRESSES)
+    return {
+        "learner": create,
+        "inbound": dialect.insert(INBOUND).on_conflict_do_nothing(index_elements=["channel", "provider_id"])
+        .returning(INBOUND.c.id),
+        "address": upsert.on_conflict_do_update(index_elements=["channel", "address"], set_={
+            "last_inbound_at": upsert.excluded.last_inbound_at, "learner_id": upsert.excluded.learner_id}),
+        "enrolment": insert(ENROLMENTS).returning(ENROLMENTS.c.id),
+    }
+
+
+_STATEMENTS = {"postgresql": _dialect_statements(postgresql), "sqlite": _dialect_statements(sqlite)}
+
+
+def _statements(connection: Connection) -> dict[str, Any]:
+    return _STATEMENTS["postgresql" if connection.dialect.name == "postgresql" else "sqlite"]
+
+
+@dataclass
+class LearnerRow:
+    """A learner as read (and locked) for one message: their columns and their enrolments by course."""
+
+    values: dict[str, Any]
+    enrolments: dict[str, dict[str, Any]]
+
+    @property
+    def id(self) -> int:
+        return int(self.values["id"])
+
+
+def fetch_learner(connection: Connection, column: str, key: object) -> LearnerRow | None:
+    """The learner whose `column` (id, phone or telegram_chat_id) is `key`, locked, with their enrolments."""
+    found: LearnerRow | None = None
+    for row in connection.execute(FETCH[column], {"key": key}):
+        if found is None:
+            found = LearnerRow(dict(zip(_LEARNER_NAMES, row, strict=False)), {})
+        enrolment = row[len(_LEARNER_NAMES):]
+        if enrolment[0] is not None:
+            values = dict(zip(_ENROLMENT_NAMES, enrolment, strict=True))
+            found.enrolments[values["course_id"]] = values
+    return found
+
+
+def _find_or_create_learner(connection: Connection, envelope: Envelope, now: datetime) -> tuple[LearnerRow, bool]:
     key = _learner_key(envelope)
     column, value = next(iter(key.items()))
-    # One round trip: the learner, locked (FOR UPDATE OF learners only: PostgreSQL cannot lock the
-    # nullable side of the outer join), with their enrolments.
-    query = (select(Learner).where(getattr(Learner, column) == value).with_for_update(of=Learner)
-             .options(joinedload(Learner.enrolments)))
-    learner = session.scalars(query).unique().first()
+    learner = fetch_learner(connection, column, value)
     if learner is not None:
         return learner, False
-    try:
-        with session.begin_nested():
-            phone = key.get("phone")
-            learner = Learner(**key, language="es", reasks=0, created_at=now,
-                              timezone=zone_for(phone) if isinstance(phone, str) else None)
-            session.add(learner)
-        return learner, True
-    except IntegrityError:  # the same new person wrote twice at once: the other request created them
-        return session.scalars(query).unique().one(), False
+    phone = key.get("phone")
+    values: dict[str, Any] = {**key, "language": "es", "reasks": 0, "created_at": now,
+                              "timezone": zone_for(phone) if isinstance(phone, str) else None}
+    new_id = connection.execute(_statements(connection)["learner"][column], values).scalar()
+    if new_id is None:  # the same new person wrote twice at once: the other request created them
+        learner = fetch_learner(connection, column, value)
+        assert learner is not None
+        return learner, False
+    full = dict.fromkeys(_LEARNER_NAMES)
+    full.update(values, id=new_id)
+    return LearnerRow(full, {}), True
 
 
-def _insert(session: Session):  # type: ignore[no-untyped-def]
-    """The dialect's INSERT, which knows ON CONFLICT."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def _touch_address(connection: Connection, learner_id: int, envelope: Envelope, channel: str, now: datetime) -> None:
+    connection.execute(_statements(connection)["address"], {
+        "learner_id": learner_id, "channel": channel, "address": envelope.address, "last_inbound_at": now})
 
 
-def _touch_address(session: Session, learner: Learner, envelope: Envelope, channel: str, now: datetime) -> None:
-    statement = _insert(session)(LearnerAddress).values(
-        learner_id=learner.id, channel=channel, address=envelope.address, last_inbound_at=now)
-    session.execute(statement.on_conflict_do_update(
-        index_elements=["channel", "address"], set_={"last_inbound_at": now, "learner_id": learner.id}))
-
-
-def load_state(session: Session, learner: Learner, is_new: bool) -> conv.LearnerState:
-    enrolments = {}
+def load_state(connection: Connection, learner: LearnerRow, is_new: bool) -> conv.LearnerState:
     answers: dict[int, dict[tuple[int, int], bool]] = {}
     if learner.enrolments:  # every answer of every enrolment in one query
-        rows = session.execute(select(Answer.enrolment_id, Answer.lesson, Answer.question, Answer.correct)
-                               .where(Answer.enrolment_id.in_([e.id for e in learner.enrolments])))
+        ids = [e["id"] for e in learner.enrolments.values()]
+        rows = connection.execute(ANSWERS_OF, {"ids": ids})
         for enrolment_id, lesson, question, correct in rows:
             answers.setdefault(enrolment_id, {})[(lesson, question)] = correct
-    for enrolment in learner.enrolments:
-        enrolments[enrolment.course_id] = conv.EnrolmentState(
-            course_id=enrolment.course_id, channel=enrolment.channel, position=enrolment.position,
-            question=enrolment.question, state=enrolment.state, next_due_at=enrolment.next_due_at,
-            reminders=enrolment.reminders, answers=answers.get(enrolment.id, {}),
-        )
+    enrolments = {
+        course_id: conv.EnrolmentState(
+            course_id=course_id, channel=e["channel"], position=e["position"], question=e["question"],
+            state=e["state"], next_due_at=e["next_due_at"], reminders=e["reminders"],
+            answers=answers.get(e["id"], {}))
+        for course_id, e in learner.enrolments.items()
+    }
+    v = learner.values
     return conv.LearnerState(
-        language=learner.language, timezone=learner.timezone, preferred_hour=learner.preferred_hour,
-        opted_out=learner.opted_out, pending=learner.pending, reasks=learner.reasks,
-        current_course=learner.current_course, enrolments=enrolments, is_new=is_new,
+        language=v["language"], timezone=v["timezone"], preferred_hour=v["preferred_hour"],
+        opted_out=v["opted_out_at"] is not None, pending=v["pending"], reasks=v["reasks"],
+        current_course=v["current_course"], enrolments=enrolments, is_new=is_new,
     )
 
 
-def save_state(session: Session, learner: Learner, state: conv.LearnerState, effects: conv.Effects,
-           now: datetime) -> None:
-    learner.language, learner.pending, learner.reasks = state.language, state.pending, state.reasks
-    learner.current_course = state.current_course
+def save_state(connection: Connection, learner: LearnerRow, state: conv.LearnerState, effects: conv.Effects,
+               now: datetime) -> None:
+    """Write what the conversation changed: only the columns and rows that differ."""
+    wanted: dict[str, Any] = {"language": state.language, "pending": state.pending, "reasks": state.reasks,
+                              "current_course": state.current_course}
     if effects.opted_in:
-        learner.opted_out_at, learner.opted_out_by = None, None
-    by_course = {e.course_id: e for e in learner.enrolments}
+        wanted.update(opted_out_at=None, opted_out_by=None)
+    changed = {k: v for k, v in wanted.items() if learner.values.get(k) != v}
+    if changed:
+        connection.execute(UPDATE_LEARNER, {"_id": learner.id, **changed})
+        learner.values.update(changed)
     for course_id, es in state.enrolments.items():
-        row = by_course.get(course_id)
-        if row is None:
-            row = Enrolment(learner_id=learner.id, course_id=course_id, enrolled_at=now)
-            session.add(row)
-            by_course[course_id] = row
-        row.channel, row.position, row.question, row.state = es.channel, es.position, es.question, es.state
-        row.next_due_at, row.reminders = es.next_due_at, es.reminders
+        row = learner.enrolments.get(course_id)
+        values = {name: getattr(es, name) for name in STATE_FIELDS}
         if es.lesson_sent:
-            row.lesson_sent_at = now
-        if es.state == "finished" and row.finished_at is None:
-            row.finished_at = now
-    session.flush()
-    for graded in effects.graded:
-        session.add(Answer(enrolment_id=by_course[graded.course_id].id, lesson=graded.lesson,
-                           question=graded.question, choice=graded.choice, correct=graded.correct,
-                           answered_at=now))
+            values["lesson_sent_at"] = now
+        if es.state == "finished" and (row is None or row["finished_at"] is None):
+            values["finished_at"] = now
+        if row is None:
+            values.update(learner_id=learner.id, course_id=course_id, enrolled_at=now)
+            values["id"] = connection.execute(_statements(connection)["enrolment"], values).scalar_one()
+            learner.enrolments[course_id] = {c.name: values.get(c.name) for c in ENROLMENTS.c}
+            continue
+        differ = {k: v for k, v in values.items() if row.get(k) != v}
+        if differ:
+            connection.execute(UPDATE_ENROLMENT, {"_id": row["id"], **differ})
+            row.update(differ)
+    if effects.graded:
+        connection.execute(INSERT_ANSWERS, [
+            {"enrolment_id": learner.enrolments[g.course_id]["id"], "lesson": g.lesson, "question": g.question,
+             "choice": g.choice, "correct": g.correct, "answered_at": now} for g in effects.graded])
     if effects.opted_out:
-        opt_out(session, learner.id, now, by="keyword")
+        opt_out(connection, learner.id, now, by="keyword")
 
 
 def telegram_membership(factory: sessionmaker[Session], chat_id: int, blocked: bool, now: datetime) -> None:
@@ -185,29 +260,28 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
              senders: dict[str, Sender], transport: str | None) -> Received:
     now = ctx.now
     with transaction(factory) as session:
-        learner, is_new = _find_or_create_learner(session, envelope, now)
+        connection = session.connection()
+        learner, is_new = _find_or_create_learner(connection, envelope, now)
         # Stored once: the unique (channel, provider_id) turns a repeated or racing twin into no row,
         # and then nothing else happens (the learner row created above, if any, is rolled back).
-        inbound_id = session.scalar(
-            _insert(session)(InboundMessage)
-            .values(channel=envelope.channel, provider_id=envelope.provider_id, body=envelope.text,
-                    media_count=envelope.media_count, received_at=now, learner_id=learner.id)
-            .on_conflict_do_nothing(index_elements=["channel", "provider_id"])
-            .returning(InboundMessage.id))
+        inbound_id = connection.execute(_statements(connection)["inbound"], {
+            "channel": envelope.channel, "provider_id": envelope.provider_id, "body": envelope.text,
+            "media_count": envelope.media_count, "received_at": now, "learner_id": learner.id}).scalar()
         if inbound_id is None:
             raise _Duplicate
         # The terminal chat keeps its learners on its own transport: drips and broadcasts for them never
         # reach a provider.
         channel = transport or envelope.channel
-        _touch_address(session, learner, envelope, channel, now)
-        if envelope.channel == "whatsapp" and release_held(session, learner.id, envelope.channel, now) \
-                and parse_keyword(envelope.text) is None and not learner.opted_out:
+        _touch_address(connection, learner.id, envelope, channel, now)
+        opted_out = learner.values["opted_out_at"] is not None
+        if envelope.channel == "whatsapp" and release_held(connection, learner.id, envelope.channel, now) \
+                and parse_keyword(envelope.text) is None and not opted_out:
             # This message answers our template (the window was closed): the held lesson is the reply.
             return Received(duplicate=False)
-        state = load_state(session, learner, is_new)
+        state = load_state(connection, learner, is_new)
         ref = envelope.ref
         if envelope.replied_to and ref is None:
-            ref = session.scalar(select(OutboundMessage.ref).where(
+            ref = connection.scalar(select(OutboundMessage.ref).where(
                 OutboundMessage.provider_id == envelope.replied_to)) or None
         effects = conv.respond(state, conv.Inbound(
             channel=envelope.channel, text=envelope.text, media_count=envelope.media_count,
@@ -220,20 +294,20 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
             if transport:
                 for enrolment in state.enrolments.values():
                     enrolment.channel = transport
-            save_state(session, learner, state, effects, now)
+            save_state(connection, learner, state, effects, now)
         log.info("inbound %s from %s via %s: %d repl%s", inbound_id, mask(envelope.address), envelope.channel,
                  len(effects.replies), "y" if len(effects.replies) == 1 else "ies")
         stale: tuple[str, ...] = ()
         if envelope.channel == "telegram" and effects.graded and learner_id is not None:
             refs = [f"q:{g.course_id}:{g.lesson}:{g.question}" for g in effects.graded]
-            stale = tuple(session.scalars(select(OutboundMessage.provider_id).where(
+            stale = tuple(connection.scalars(select(OutboundMessage.provider_id).where(
                 OutboundMessage.learner_id == learner_id, OutboundMessage.channel == "telegram",
                 OutboundMessage.ref.in_(refs), OutboundMessage.provider_id.is_not(None))))
         sender = senders.get(channel)
         if sender is None:
             return Received(duplicate=False, stale_buttons=stale)
         for n, reply in enumerate(effects.replies):
-            enqueue(session, key=f"in:{inbound_id}:{n}", learner_id=learner_id, channel=channel,
+            enqueue(connection, key=f"in:{inbound_id}:{n}", learner_id=learner_id, channel=channel,
                     to_address=envelope.address, from_address=envelope.to, kind=reply.kind, now=now,
                     parts=sender.render(envelope.channel, reply.text, reply.choices, reply.quick_reply),
                     erase_after_send=effects.erase, ref=reply.ref)
