@@ -7,12 +7,13 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Table, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, CursorResult, Table, bindparam, insert, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.channels.base import Outgoing, Rendered, Sender, SendResult
@@ -28,10 +29,22 @@ UPDATE_MESSAGE = update(OUTBOX).where(OUTBOX.c.id == bindparam("_id"))
 EVENTS: Table = MessageEvent.__table__  # type: ignore[assignment]
 LEARNERS: Table = Learner.__table__  # type: ignore[assignment]
 INSERT_EVENT = insert(EVENTS)
-CLAIM_DUE = (select(OUTBOX.c.id, OUTBOX.c.channel, OUTBOX.c.body, OUTBOX.c.content_sid)
+_EARLIER = OUTBOX.alias("earlier")
+# Each learner's messages leave in order, also across processes: a row waits while an earlier row of the same
+# learner is being sent (by this process or another). See Outbox.claim for the PostgreSQL race this leaves.
+_SENDING_AHEAD = (select(_EARLIER.c.id).where(_EARLIER.c.learner_id == OUTBOX.c.learner_id,
+                                               _EARLIER.c.id < OUTBOX.c.id, _EARLIER.c.status == "sending")
+                  .correlate(OUTBOX).exists())
+CLAIM_DUE = (select(OUTBOX.c.id, OUTBOX.c.channel, OUTBOX.c.body, OUTBOX.c.content_sid, OUTBOX.c.learner_id)
              .where(OUTBOX.c.status == "queued", OUTBOX.c.next_attempt_at <= bindparam("now"),
-                    OUTBOX.c.channel.in_(bindparam("channels", expanding=True)))
+                    OUTBOX.c.channel.in_(bindparam("channels", expanding=True)),
+                    or_(OUTBOX.c.learner_id.is_(None), ~_SENDING_AHEAD))
              .order_by(OUTBOX.c.priority, OUTBOX.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True))
+CLAIM_LOCK = 0x766572  # "ver": advisory-lock namespace of the learners whose messages a claim takes (PostgreSQL)
+LEARNER_LOCKS = text("SELECT learner, pg_try_advisory_xact_lock(:space, learner) "
+                     "FROM unnest(CAST(:learners AS integer[])) AS learner")
+STILL_SENDING = (select(OUTBOX.c.learner_id).distinct()
+                 .where(OUTBOX.c.learner_id.in_(bindparam("learners", expanding=True)), OUTBOX.c.status == "sending"))
 CLAIM_MARK = (update(OUTBOX).where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)), OUTBOX.c.status == "queued")
               .values(status="sending", claim_token=bindparam("token"), updated_at=bindparam("now"),
                       claimed_until=bindparam("until"), attempts=OUTBOX.c.attempts + 1))
@@ -174,6 +187,8 @@ class Outbox:
             connection = session.connection()
             candidates = connection.execute(CLAIM_DUE, {"now": now, "channels": list(self.senders),
                                                         "limit": limit}).all()
+            if candidates and connection.dialect.name == "postgresql":
+                candidates = _in_order_across_processes(connection, candidates)
             if self.limiter is None:
                 ids = [row.id for row in candidates]
             else:
@@ -382,6 +397,24 @@ class Outbox:
             if error_code in {"21610", "63014"} and row.learner_id is not None:
                 opt_out(session, row.learner_id, now)
             return True
+
+
+def _in_order_across_processes(connection: Connection, candidates: Sequence[Any]) -> list[Any]:
+    """Drop the candidates of learners another process is claiming or sending to right now (PostgreSQL).
+
+    Claims run side by side there. Another claim may hold an earlier row of the same learner locked (SKIP
+    LOCKED hid it from us) and mark it `sending` only when it commits, after our query took its snapshot. So we
+    take a transaction-scoped advisory lock per learner (the other claim holds it until it commits), then look
+    again, in a new snapshot, for rows of theirs that are being sent.
+    """
+    learners = sorted({row.learner_id for row in candidates if row.learner_id is not None})
+    if not learners:
+        return list(candidates)
+    locked = {learner for learner, ok in connection.execute(
+        LEARNER_LOCKS, {"space": CLAIM_LOCK, "learners": learners}) if ok}
+    busy = set(connection.scalars(STILL_SENDING, {"learners": sorted(locked)})) if locked else set()
+    return [row for row in candidates
+            if row.learner_id is None or (row.learner_id in locked and row.learner_id not in busy)]
 
 
 def release_held(session: Session | Connection, learner_id: int, channel: str, now: datetime) -> int:

@@ -216,6 +216,44 @@ def test_reply_claimed_by_a_dead_process_is_sent_after_recovery(runtime, fake_tw
     assert (row.status, row.attempts) == ("sent", 2)
 
 
+def test_a_learner_waits_while_another_process_sends_to_them(runtime, fake_twilio: FakeTwilio) -> None:
+    """Two dispatchers (two processes): the second never takes a later message of a learner the first is
+    sending to, so each learner's messages arrive in order; other learners are not held up."""
+    queue(runtime, "SEGURIDAD")  # three replies for PHONE, in order
+    other = "+525587654321"
+    queue(runtime, "hola", phone=other)
+    second = Outbox(runtime.factory, runtime.senders)
+    first_claim = runtime.outbox.claim(T0 + timedelta(seconds=1), limit=1)  # the first takes PHONE's first
+    assert [m.to_address for m in first_claim] == [PHONE]
+    taken = second.claim(T0 + timedelta(seconds=1))
+    assert [m.to_address for m in taken] == [other]  # PHONE's second and third wait
+    result = runtime.outbox.send(first_claim[0])
+    runtime.outbox.record(first_claim[0], result, T0 + timedelta(seconds=1))
+    for message in taken:
+        second.record(message, second.send(message), T0 + timedelta(seconds=1))
+    rest = second.claim(T0 + timedelta(seconds=2))  # PHONE's first is sent: the rest may go, in order
+    assert [m.to_address for m in rest] == [PHONE, PHONE]
+    assert [m.id for m in rest] == sorted(m.id for m in rest) and rest[0].id > first_claim[0].id
+
+
+def test_claims_racing_in_postgresql_keep_each_learner_in_order(runtime, fake_twilio: FakeTwilio) -> None:
+    """PostgreSQL: while one claim holds a learner's first message locked (not yet marked sending), another
+    claim, which SKIP LOCKED makes blind to that row, must not take the learner's later messages."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite claims are serial (BEGIN IMMEDIATE): no race to test")
+    from bot.outbox import CLAIM_DUE, CLAIM_LOCK, LEARNER_LOCKS
+
+    queue(runtime, "SEGURIDAD")
+    with runtime.engine.connect() as holder:
+        transaction = holder.begin()
+        first = holder.execute(CLAIM_DUE, {"now": T0 + timedelta(seconds=1), "channels": ["sms"], "limit": 1}).one()
+        holder.execute(LEARNER_LOCKS, {"space": CLAIM_LOCK, "learners": [first.learner_id]})
+        # a claim in flight: row locked and learner locked, nothing committed yet
+        assert Outbox(runtime.factory, runtime.senders).claim(T0 + timedelta(seconds=1)) == []
+        transaction.rollback()
+    assert len(runtime.outbox.claim(T0 + timedelta(seconds=1))) == 3  # free again: all three, in one batch
+
+
 def test_rows_are_unique_per_idempotency_key(runtime) -> None:
     received = queue(runtime, "SEGURIDAD")
     with runtime.factory() as session:
