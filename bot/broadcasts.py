@@ -88,17 +88,32 @@ class Preview:
     sms: dict[str, tuple[str, int, tuple[str, ...]]]  # language -> (encoding, segments, chars forcing UCS-2)
     sms_segments: int  # total SMS segments the broadcast would cost
 
-    def lines(self, prices: dict[str, float] | None = None) -> list[str]:
+    def units(self, channel: str) -> int:
+        """What the provider bills for this channel: SMS segments, or messages."""
+        return self.sms_segments if channel == "sms" else self.recipients.get(channel, 0)
+
+    def costs(self, prices: dict[str, float] | None) -> dict[str, float]:
+        """Estimated cost per channel with the operator's MESSAGE_PRICES (channels without a price left out)."""
+        if not prices:
+            return {}
+        return {channel: round(self.units(channel) * prices[channel], 4)
+                for channel in sorted(self.recipients) if channel in prices}
+
+    def lines(self, prices: dict[str, float] | None = None, currency: str = "USD") -> list[str]:
         out = [f"recipients: {sum(self.recipients.values())}"]
         out += [f"  {channel}: {count}" for channel, count in sorted(self.recipients.items())]
         for language, (encoding, segments, chars) in sorted(self.sms.items()):
             forced = f"; forces UCS-2: {' '.join(chars)}" if chars else ""
             out.append(f"SMS text [{language}]: {encoding}, {segments} segment(s) per message{forced}")
         out.append(f"estimated SMS cost: {self.sms_segments} segment(s)")
-        for channel, count in sorted(self.recipients.items()):
-            units = self.sms_segments if channel == "sms" else count
-            if prices and channel in prices:
-                out.append(f"estimated cost {channel}: {units * prices[channel]:.2f}")
+        costs = self.costs(prices)
+        for channel, amount in costs.items():
+            out.append(f"estimated cost {channel}: {amount:.2f} {currency} "
+                       f"({self.units(channel)} x {prices[channel]:g})")  # type: ignore[index]
+        if costs:
+            out.append(f"estimated cost total: {sum(costs.values()):.2f} {currency}")
+        elif not prices:
+            out.append("(set MESSAGE_PRICES, e.g. sms=0.0079,whatsapp=0.005, for a cost in money)")
         return out
 
 

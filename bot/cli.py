@@ -162,7 +162,8 @@ def _show_preview(runtime, text: dict[str, str], segment: dict[str, str]) -> Non
     except BroadcastError as error:
         raise click.ClickException(str(error)) from None
     with runtime.factory() as session:
-        for line in preview(session, text, segment).lines():
+        settings = runtime.settings
+        for line in preview(session, text, segment).lines(settings.message_prices, settings.price_currency):
             click.echo(line)
 
 

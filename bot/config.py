@@ -28,6 +28,23 @@ def _parse_rate_limits(raw: str) -> dict[str, float] | None:
     return limits
 
 
+def _parse_prices(raw: str) -> dict[str, float] | None:
+    """MESSAGE_PRICES: `sms=0.0079,whatsapp=0.005` — what one SMS segment or one message costs per channel."""
+    if not raw.strip():
+        return None
+    prices: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            price = float(value)
+        except ValueError:
+            raise ConfigError(f"MESSAGE_PRICES: {part!r} is not channel=price") from None
+        if price < 0 or price != price:
+            raise ConfigError(f"MESSAGE_PRICES: {part!r}: a price cannot be negative")
+        prices[name.strip().lower()] = price
+    return prices
+
+
 def _parse_quiet_hours(raw: str) -> tuple[time, time]:
     try:
         start, end = (time.fromisoformat(p.strip()) for p in raw.split("-"))
@@ -57,6 +74,9 @@ class Settings:
     scheduler: bool = True
     dispatcher: bool = True  # the in-process outbox sender that delivers replies within a second
     log_level: str = "INFO"
+    # what one SMS segment / one WhatsApp or Telegram message costs, for broadcast estimates (none: segments only)
+    message_prices: dict[str, float] | None = None
+    price_currency: str = "USD"
 
     @property
     def twilio_enabled(self) -> bool:
@@ -110,4 +130,6 @@ class Settings:
             scheduler=switch in {"on", "1", "true"},
             dispatcher=dispatch not in {"off", "0", "false"},
             log_level=(get("LOG_LEVEL") or "INFO").upper(),
+            message_prices=_parse_prices(get("MESSAGE_PRICES") or ""),
+            price_currency=(get("PRICE_CURRENCY") or cls.price_currency).upper(),
         )

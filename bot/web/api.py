@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from bot import broadcasts, reports
 from bot.catalog import CONTENT_SID
+from bot.config import Settings
 from bot.dispatcher import utcnow
 from bot.reports import Conflict, Invalid, Missing
 from bot.runtime import Runtime
@@ -236,7 +237,16 @@ def broadcast_preview() -> Any:
         sms={language: {"encoding": encoding, "segments": segments, "ucs2_chars": list(chars)}
              for language, (encoding, segments, chars) in found.sms.items()},
         sms_segments=found.sms_segments,
+        estimated_cost=_cost(found, runtime.settings),
     )
+
+
+def _cost(found: broadcasts.Preview, settings: Settings) -> dict[str, Any] | None:
+    """The estimate in money with MESSAGE_PRICES set (null without prices)."""
+    costs = found.costs(settings.message_prices)
+    if not costs:
+        return None
+    return {"by_channel": costs, "total": round(sum(costs.values()), 4), "currency": settings.price_currency}
 
 
 @bp.get("/broadcasts/<int:broadcast_id>")

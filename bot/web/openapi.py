@@ -92,7 +92,10 @@ SCHEMAS: dict[str, Schema] = {
         "sms": {"type": "object", "additionalProperties": _obj({
             "encoding": {"type": "string", "enum": ["GSM-7", "UCS-2"]}, "segments": INT,
             "ucs2_chars": {"type": "array", "items": STR}})},
-        "sms_segments": INT}),
+        "sms_segments": INT,
+        "estimated_cost": {"oneOf": [{"type": "null"}, _obj({
+            "by_channel": {"type": "object", "additionalProperties": NUM}, "total": NUM, "currency": STR})],
+            "description": "with MESSAGE_PRICES set: SMS segments and messages times their price"}}),
     "Cancelled": _obj({"id": INT, "state": {"const": "cancelled"}, "withdrawn": INT}),
     "Course": _obj({
         "id": STR, "title": TEXTS, "description": TEXTS, "languages": {"type": "array", "items": STR},

@@ -19,7 +19,8 @@
         else {
           text("live-count", String(data.total));
           var parts = Object.keys(data.recipients).sort().map(function (k) { return k + ": " + data.recipients[k]; });
-          text("live-channels", parts.length ? "(" + parts.join(", ") + "; " + data.sms_segments + " SMS segment(s) in all)" : "");
+          var cost = data.cost ? "; estimated cost " + data.cost.total.toFixed(2) + " " + data.cost.currency : "";
+          text("live-channels", parts.length ? "(" + parts.join(", ") + "; " + data.sms_segments + " SMS segment(s) in all" + cost + ")" : "");
         }
         ["es", "en"].forEach(function (lang) {
           var info = data.sms && data.sms[lang];
