@@ -37,7 +37,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pool_pre_ping: it costs a round trip per transaction (about 0.3 ms of CPU, on every message). After a
+    # database restart the first use of each pooled connection fails instead, SQLAlchemy then drops the whole
+    # pool, and the callers that must not lose anything (inbound messages, the dispatcher) try again.
+    kwargs.setdefault("pool_recycle", 1800)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)

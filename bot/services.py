@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import conversation as conv
@@ -245,7 +245,7 @@ def receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Contex
 
     `transport` names the outbox channel when it differs from the conversation's (the terminal chat).
     """
-    for _attempt in range(3):
+    for attempt in range(3):
         try:
             return _receive(factory, envelope, ctx, senders, transport)
         except _Duplicate:
@@ -253,6 +253,10 @@ def receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Contex
         except IntegrityError:
             # Another request stored the same provider id first (or created this learner); retry sees it.
             continue
+        except DBAPIError as error:
+            # A pooled connection the database dropped (it restarted): the pool is renewed, try once more.
+            if not error.connection_invalidated or attempt:
+                raise
     return Received(duplicate=True)
 
 
