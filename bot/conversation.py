@@ -238,6 +238,8 @@ class Turn:
         self.learner.pending = "menu"
         head = self.say("welcome" if welcome else "menu")
         titles = tuple(c.title.get(self.learner.language) or c.title[c.languages[0]] for c in courses)
+        if self.inbound.channel == "sms":  # the menu is our message: GSM-7, not UCS-2 for one accent
+            titles = tuple(gsm_friendly(title) for title in titles)
         self.reply(head, titles, ref="menu")
 
     def _courses_here(self) -> list[Course]:
@@ -333,8 +335,9 @@ class Turn:
             if course is None:
                 continue
             state = {"paused": "state_paused", "finished": "state_finished"}.get(enrolment.state)
+            scored = bool(enrolment.answers)  # nothing answered yet: no "0 of 0 right" to give
             lines.append(self.say(
-                "status_line", course=course.title[self.lang_for(course)],
+                "status_line" if scored else "status_line_reading", course=course.title[self.lang_for(course)],
                 position=min(enrolment.position + 1, len(course.lessons)), total=len(course.lessons),
                 right=sum(enrolment.answers.values()), answered=len(enrolment.answers),
                 state=self.say(state) if state else "",

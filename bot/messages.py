@@ -96,6 +96,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "es": "«{course}»: lección {position} de {total}, {right} de {answered} correctas{state}.",
         "en": "“{course}”: lesson {position} of {total}, {right} of {answered} right{state}.",
     },
+    "status_line_reading": {
+        "es": "«{course}»: lección {position} de {total}{state}.",
+        "en": "“{course}”: lesson {position} of {total}{state}.",
+    },
     "state_paused": {"es": " (en pausa)", "en": " (paused)"},
     "state_finished": {"es": " (terminado)", "en": " (finished)"},
     "paused": {
@@ -165,10 +169,13 @@ def gsm_friendly(text: str) -> str:
 def say(key: str, language: str, channel: str = "", **values: object) -> str:
     """The system message `key` in `language` (falls back to Spanish), GSM-7-friendly on SMS.
 
-    Only our own wording is made GSM-friendly; `values` (course titles, questions) stay as authored.
+    Our own wording is made GSM-friendly, and so is a course title set in it (`course`: the menu and every
+    "«course»" line would otherwise go out as UCS-2 for one accent); other values (questions) stay as authored.
     """
     texts = TEXTS[key]
     text = texts.get(language) or texts["es"]
     if channel == "sms":
         text = gsm_friendly(text)
+        if isinstance(values.get("course"), str):
+            values["course"] = gsm_friendly(values["course"])  # type: ignore[arg-type]
     return text.format(**values) if values else text
