@@ -120,6 +120,7 @@ class Enrolment(Base):
     __table_args__ = (
         UniqueConstraint("learner_id", "course_id"),
         Index("ix_enrolments_due", "state", "next_due_at"),
+        Index("ix_enrolments_state_channel", "state", "channel", "learner_id"),  # dashboard: active by channel
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -145,7 +146,10 @@ class Answer(Base):
     """The first graded answer to one quiz question; the unique key makes grading happen once."""
 
     __tablename__ = "answers"
-    __table_args__ = (UniqueConstraint("enrolment_id", "lesson", "question"),)
+    __table_args__ = (
+        UniqueConstraint("enrolment_id", "lesson", "question"),
+        Index("ix_answers_enrolment_correct", "enrolment_id", "correct"),  # right answers per enrolment: passed
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     enrolment_id: Mapped[int] = mapped_column(ForeignKey("enrolments.id", ondelete="CASCADE"))
@@ -179,7 +183,10 @@ class OutboundMessage(Base):
     """The outbox: one row per message to send, whatever its kind, with its delivery state."""
 
     __tablename__ = "outbound_messages"
-    __table_args__ = (Index("ix_outbound_due", "status", "priority", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbound_due", "status", "priority", "next_attempt_at"),
+        Index("ix_outbound_kind_created", "kind", "created_at", "status", "channel"),  # dashboard: lessons today
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)

@@ -50,6 +50,7 @@ EXPORT_BATCH = 1000  # rows read per query (and per transaction) while streaming
 MESSAGES = 50  # latest messages shown in a learner's detail
 TAG = re.compile(r"^[\w .:-]{1,64}$")
 LANGUAGES = ("es", "en")
+SIMULATED = "console"  # the transport of the simulator's (and `vereda chat`'s) learners: not real learners
 
 
 class Invalid(ValueError):
@@ -221,32 +222,46 @@ def _right_needed(course: Course) -> int:
                 total)
 
 
+def passed_counts(session: Session, courses: Sequence[Course]) -> dict[str, int]:
+    """Finished enrolments with a pass, per course, in one query: the right answers of each finished enrolment are
+    counted from ix_answers_enrolment_correct alone. Enrolments on the console transport are left out."""
+    needed = {course.id: _right_needed(course) for course in courses}
+    if not needed:
+        return {}
+    right = (select(func.count()).select_from(Answer)
+             .where(Answer.enrolment_id == Enrolment.id, Answer.correct.is_(True)).scalar_subquery())
+    return {str(course_id): int(count) for course_id, count in session.execute(
+        select(Enrolment.course_id, func.count())
+        .where(Enrolment.course_id.in_(list(needed)), Enrolment.state == "finished", Enrolment.channel != SIMULATED,
+               right >= case(needed, value=Enrolment.course_id))
+        .group_by(Enrolment.course_id))}
+
+
+def course_summary(course: Course, states: Mapping[str, int], passed: int) -> dict[str, Any]:
+    """A course as the API lists it, with its enrolments by state and its passes."""
+    return {
+        "id": course.id, "title": course.title, "description": course.description,
+        "languages": list(course.languages), "channels": list(course.channels), "keywords": list(course.keywords),
+        "lessons": len(course.lessons), "questions": sum(len(lesson.quiz) for lesson in course.lessons),
+        "pass_mark": course.pass_mark, "timezone": course.timezone,
+        "schedule": {"days": [WEEKDAYS[day] for day in course.schedule.days],
+                     "at": course.schedule.at.strftime("%H:%M")},
+        "stats": {"enrolled": sum(states.values()), "active": states.get("active", 0),
+                  "paused": states.get("paused", 0), "finished": states.get("finished", 0), "passed": passed},
+    }
+
+
 def course_stats(session: Session, catalog: Catalog) -> list[dict[str, Any]]:
-    """Every course with its enrolments by state and how many finished with a pass."""
+    """Every course with its enrolments by state and how many finished with a pass. Enrolments on the console
+    transport (the browser simulator's and `vereda chat`'s learners) are not counted."""
     states: dict[str, dict[str, int]] = {}
     for course_id, state, count in session.execute(
-            select(Enrolment.course_id, Enrolment.state, func.count()).group_by(Enrolment.course_id, Enrolment.state)):
+            select(Enrolment.course_id, Enrolment.state, func.count()).where(Enrolment.channel != SIMULATED)
+            .group_by(Enrolment.course_id, Enrolment.state)):
         states.setdefault(course_id, {})[state] = int(count)
-    right = (select(Answer.enrolment_id, func.count().label("right_answers")).where(Answer.correct.is_(True))
-             .group_by(Answer.enrolment_id).subquery())
-    out = []
-    for course in catalog.courses:
-        counts = states.get(course.id, {})
-        passed = session.scalar(
-            select(func.count()).select_from(Enrolment).outerjoin(right, right.c.enrolment_id == Enrolment.id)
-            .where(Enrolment.course_id == course.id, Enrolment.state == "finished",
-                   func.coalesce(right.c.right_answers, 0) >= _right_needed(course))) or 0
-        out.append({
-            "id": course.id, "title": course.title, "description": course.description,
-            "languages": list(course.languages), "channels": list(course.channels), "keywords": list(course.keywords),
-            "lessons": len(course.lessons), "questions": sum(len(lesson.quiz) for lesson in course.lessons),
-            "pass_mark": course.pass_mark, "timezone": course.timezone,
-            "schedule": {"days": [WEEKDAYS[day] for day in course.schedule.days],
-                         "at": course.schedule.at.strftime("%H:%M")},
-            "stats": {"enrolled": sum(counts.values()), "active": counts.get("active", 0),
-                      "paused": counts.get("paused", 0), "finished": counts.get("finished", 0), "passed": passed},
-        })
-    return out
+    passed = passed_counts(session, catalog.courses)
+    return [course_summary(course, states.get(course.id, {}), passed.get(course.id, 0))
+            for course in catalog.courses]
 
 
 # -- CSV exports: streamed in keyset batches, each its own short transaction -------------------------------

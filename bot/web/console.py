@@ -27,8 +27,8 @@ from flask import (
     session,
     url_for,
 )
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session, aliased
 
 from bot import broadcasts, reports
 from bot.auth import LOGIN_WINDOW, authenticate, throttled
@@ -59,6 +59,7 @@ bp = Blueprint("console", __name__, template_folder="templates", static_folder="
 PER_PAGE = 50
 BACKLOG_STATUSES = ("queued", "held", "sending")
 SIMULATOR_CHANNELS = ("sms", "whatsapp", "telegram")
+SIMULATED = reports.SIMULATED  # the simulator's transport: its learners' addresses, enrolments and messages
 SIMULATOR_DEFAULTS = {"sms": "+15555550100", "whatsapp": "+15555550101", "telegram": "1000001"}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -151,46 +152,60 @@ def _day_start(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def dashboard_numbers(db: Session, now: datetime) -> dict[str, Any]:
-    """What the dashboard shows, as of `now` (days are UTC days)."""
-    today = _day_start(now)
-    def active_by(column: Any) -> dict[str, int]:
-        """Distinct learners with an active enrolment (and not opted out), per value of `column`."""
-        rows = db.execute(select(column, func.count(func.distinct(Enrolment.learner_id)))
-                          .join(Learner, Learner.id == Enrolment.learner_id)
-                          .where(Enrolment.state == "active", Learner.opted_out_at.is_(None)).group_by(column))
-        return {str(key): int(count) for key, count in rows}
+def real_learners() -> Any:
+    """Learners who are not the browser simulator's (or `vereda chat`'s): the simulator keeps its learners on the
+    console transport, so a simulated learner has a console address and no other (as `simulator_post` decides)."""
+    another = aliased(LearnerAddress)
+    other = select(another.id).where(another.learner_id == LearnerAddress.learner_id,
+                                     another.channel != SIMULATED).exists()
+    return Learner.id.not_in(select(LearnerAddress.learner_id).where(LearnerAddress.channel == SIMULATED, ~other))
 
-    by_channel, by_course = active_by(Enrolment.channel), active_by(Enrolment.course_id)
-    active_learners = db.scalar(
-        select(func.count(func.distinct(Enrolment.learner_id))).join(Learner, Learner.id == Enrolment.learner_id)
-        .where(Enrolment.state == "active", Learner.opted_out_at.is_(None))) or 0
+
+def dashboard_numbers(db: Session, now: datetime) -> dict[str, Any]:
+    """What the dashboard shows, as of `now` (days are UTC days). The simulator's learners and messages (console
+    transport) are not counted."""
+    today = _day_start(now)
+    # An active enrolment of a learner who has not opted out; the simulator's enrolments are on the console
+    # transport. NOT EXISTS of an opted-out learner equals joining the learner (every enrolment has one), and lets
+    # the database read the active enrolments from ix_enrolments_state_channel alone.
+    opted_out = (select(Learner.id).where(Learner.id == Enrolment.learner_id, Learner.opted_out_at.is_not(None))
+                 .exists())
+    active = (Enrolment.state == "active", Enrolment.channel != SIMULATED, ~opted_out)
+    by_channel = {str(key): int(count) for key, count in db.execute(
+        select(Enrolment.channel, func.count(func.distinct(Enrolment.learner_id))).where(*active)
+        .group_by(Enrolment.channel))}
+    # one enrolment per learner and course (unique), so counting enrolments counts distinct learners
+    by_course = {str(key): int(count) for key, count in db.execute(
+        select(Enrolment.course_id, func.count()).where(*active).group_by(Enrolment.course_id))}
+    active_learners = db.scalar(select(func.count()).select_from(Learner).where(
+        Learner.opted_out_at.is_(None), select(Enrolment.id).where(
+            Enrolment.learner_id == Learner.id, Enrolment.state == "active", Enrolment.channel != SIMULATED)
+        .exists())) or 0
     lessons = dict.fromkeys(("queued", "sent", "delivered", "failed", "unknown", "cancelled"), 0)
     for status, count in db.execute(
             select(OutboundMessage.status, func.count()).where(
-                OutboundMessage.kind == "lesson", OutboundMessage.created_at >= today)
+                OutboundMessage.kind == "lesson", OutboundMessage.created_at >= today,
+                OutboundMessage.channel != SIMULATED)
             .group_by(OutboundMessage.status)):
         outcome = broadcasts.OUTCOMES.get(status, status)
         lessons[outcome] = lessons.get(outcome, 0) + int(count)
-    opted_out_today = db.scalar(select(func.count()).select_from(Learner)
-                                .where(Learner.opted_out_at >= today)) or 0
-    opted_out_total = db.scalar(select(func.count()).select_from(Learner)
-                                .where(Learner.opted_out_at.is_not(None))) or 0
-    whatsapp_open = db.scalar(select(func.count()).select_from(LearnerAddress).where(
-        LearnerAddress.channel == "whatsapp", LearnerAddress.last_inbound_at > now - WHATSAPP_WINDOW)) or 0
-    whatsapp_all = db.scalar(select(func.count()).select_from(LearnerAddress)
-                             .where(LearnerAddress.channel == "whatsapp")) or 0
-    held = db.scalar(select(func.count()).select_from(OutboundMessage)
-                     .where(OutboundMessage.status == "held")) or 0
-    backlog = dict.fromkeys(BACKLOG_STATUSES, 0)
+    def counted(condition: Any) -> Any:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    opted_out_total, opted_out_today = db.execute(
+        select(func.count(), counted(Learner.opted_out_at >= today))
+        .where(Learner.opted_out_at.is_not(None), real_learners())).one()
+    whatsapp_all, whatsapp_open = db.execute(
+        select(func.count(), counted(LearnerAddress.last_inbound_at > now - WHATSAPP_WINDOW))
+        .where(LearnerAddress.channel == "whatsapp")).one()
+    backlog = dict.fromkeys(BACKLOG_STATUSES, 0)  # "held" is also the WhatsApp lessons waiting for the learner
     for status, count in db.execute(select(OutboundMessage.status, func.count())
                                     .where(OutboundMessage.status.in_(BACKLOG_STATUSES))
                                     .group_by(OutboundMessage.status)):
         backlog[status] = int(count)
-    due = db.scalar(select(func.count()).select_from(OutboundMessage).where(
-        OutboundMessage.status == "queued", OutboundMessage.next_attempt_at <= now)) or 0
-    oldest = db.scalar(select(func.min(OutboundMessage.next_attempt_at)).where(
-        OutboundMessage.status == "queued", OutboundMessage.next_attempt_at <= now))
+    held = backlog["held"]
+    due, oldest = db.execute(select(func.count(), func.min(OutboundMessage.next_attempt_at)).where(
+        OutboundMessage.status == "queued", OutboundMessage.next_attempt_at <= now)).one()
     return {
         "active_learners": int(active_learners), "active_by_channel": dict(sorted(by_channel.items())),
         "active_by_course": dict(sorted(by_course.items())), "lessons_today": lessons,
@@ -314,22 +329,28 @@ def learner_change(learner_id: int) -> Any:
 
 
 def course_analysis(db: Session, course: Course) -> dict[str, Any]:
-    """The funnel (learners reaching each lesson, finishing, passing) and per-question item analysis."""
-    enrolled = db.scalar(select(func.count()).select_from(Enrolment).where(Enrolment.course_id == course.id)) or 0
-    positions = dict(db.execute(select(Enrolment.position, func.count()).where(Enrolment.course_id == course.id)
-                                .group_by(Enrolment.position)).all())
+    """The funnel (learners reaching each lesson, finishing, passing) and per-question item analysis, without the
+    simulator's enrolments (console transport)."""
+    real = (Enrolment.course_id == course.id, Enrolment.channel != SIMULATED)  # not the simulator's enrolments
+    positions: dict[int, int] = {}
+    states: dict[str, int] = {}
+    for position, state, n in db.execute(select(Enrolment.position, Enrolment.state, func.count()).where(*real)
+                                         .group_by(Enrolment.position, Enrolment.state)):
+        positions[int(position)] = positions.get(int(position), 0) + int(n)
+        states[str(state)] = states.get(str(state), 0) + int(n)
+    enrolled = sum(positions.values())
     reached = []
     for index, lesson in enumerate(course.lessons):
         count = sum(int(n) for position, n in positions.items() if position >= index)
         reached.append((f"{index + 1}. {lesson.title.get('es') or lesson.slug}", count))
-    stats = next((s for s in reports.course_stats(db, _catalog_of(course)) if s["id"] == course.id), None)
-    finished = stats["stats"]["finished"] if stats else 0
-    passed = stats["stats"]["passed"] if stats else 0
+    # what reports.course_stats says of this course, from this course's rows only
+    stats = reports.course_summary(course, states, reports.passed_counts(db, [course]).get(course.id, 0))
+    finished, passed = stats["stats"]["finished"], stats["stats"]["passed"]
     funnel = [("Enrolled", int(enrolled))] + reached + [("Finished", finished), ("Passed", passed)]
     counts: dict[tuple[int, int], dict[int, int]] = {}
     for lesson_no, question_no, choice_no, count in db.execute(
             select(Answer.lesson, Answer.question, Answer.choice, func.count())
-            .join(Enrolment, Enrolment.id == Answer.enrolment_id).where(Enrolment.course_id == course.id)
+            .join(Enrolment, Enrolment.id == Answer.enrolment_id).where(*real)
             .group_by(Answer.lesson, Answer.question, Answer.choice)):
         counts.setdefault((int(lesson_no), int(question_no)), {})[int(choice_no)] = int(count)
     items = []
@@ -349,12 +370,6 @@ def course_analysis(db: Session, course: Course) -> dict[str, Any]:
                           "answered": answered, "right": right,
                           "share": round(100 * right / answered) if answered else None, "top_wrong": top_wrong})
     return {"enrolled": int(enrolled), "funnel": funnel, "items": items, "stats": stats}
-
-
-def _catalog_of(course: Course) -> Any:
-    from bot.courses import Catalog
-
-    return Catalog((course,))
 
 
 @bp.get("/courses/<course_id>")
@@ -439,7 +454,8 @@ def broadcast_compose() -> Any:
     if request.form.get("action") != "send":
         with runtime.factory() as db:
             preview = broadcasts.preview(db, text, segment)
-        return _broadcast_page(form, preview=preview, preview_lines=preview.lines(), send_at=send_at)
+        lines = preview.lines(runtime.settings.message_prices, runtime.settings.price_currency)
+        return _broadcast_page(form, preview=preview, preview_lines=lines, send_at=send_at)
     broadcast_id = broadcasts.create(runtime.factory, text, segment, send_at, runtime.catalog, now,
                                      whatsapp_template=template, created_by=session.get("email"))
     log.info("broadcast %d created from the console by %s", broadcast_id, session.get("email"))
@@ -468,8 +484,11 @@ def estimate() -> Any:
         text = {"es": ""}
     with runtime.factory() as db:
         preview = broadcasts.preview(db, text, segment)
+    costs = preview.costs(runtime.settings.message_prices)
     return jsonify({"recipients": preview.recipients, "total": sum(preview.recipients.values()), "sms": sms,
-                    "sms_segments": preview.sms_segments})
+                    "sms_segments": preview.sms_segments, "cost": {
+                        "by_channel": costs, "total": round(sum(costs.values()), 4),
+                        "currency": runtime.settings.price_currency} if costs else None})
 
 
 def broadcast_by_channel(db: Session, broadcast_id: int) -> dict[str, dict[str, int]]:

@@ -13,6 +13,7 @@ import pytest
 from markupsafe import escape
 from sqlalchemy import func, select
 
+from bot import reports
 from bot.auth import create_user
 from bot.dispatcher import utcnow
 from bot.models import (
@@ -26,7 +27,7 @@ from bot.models import (
 )
 from bot.runtime import Runtime
 from bot.services import Envelope, receive
-from bot.web.console import dashboard_numbers
+from bot.web.console import course_analysis, dashboard_numbers
 from scheduler import tick
 from tests.fakes.twilio_api import FakeTwilio
 
@@ -282,6 +283,95 @@ def test_dashboard_numbers_equal_what_the_database_holds(app: Any, runtime: Runt
                            ("wa-closed", 1), ("active-sms", 1), ("active-whatsapp", 1), (f"course-{COURSE}", 2)):
         assert re.search(rf'id="{element}">{value}<', page), element
     assert "<svg" in page
+
+
+def test_the_simulators_learners_are_not_counted_as_real_learners(app: Any, runtime: Runtime,
+                                                                   users: dict[str, str]) -> None:
+    course = runtime.catalog.get(COURSE)
+    assert course is not None
+    question = course.lessons[0].quiz[0]
+    learner_writes(runtime, "SEGURIDAD")  # a real learner, on SMS
+    client = as_role(app, users, "coordinator")
+    for text in ("SEGURIDAD", str(question.answer), "BAJA"):  # a simulated one enrols, answers, then opts out
+        response = client.post("/simulator", data={"channel": "sms", "address": "+15555550177", "text": text,
+                                                   "csrf_token": token_of(client)})
+        assert response.status_code == 302
+    client.post("/simulator", data={"channel": "whatsapp", "address": "+15555550178", "text": "SEGURIDAD",
+                                    "csrf_token": token_of(client)})
+    now = utcnow()
+    with runtime.factory() as session:
+        assert session.scalar(select(func.count()).select_from(Enrolment).where(Enrolment.channel == "console")) == 2
+        assert session.scalar(select(func.count()).select_from(Answer)) == 1  # the simulator's
+        assert session.scalar(select(func.count()).select_from(Learner)
+                              .where(Learner.opted_out_at.is_not(None))) == 1  # the simulator's
+        numbers = dashboard_numbers(session, now)
+        stats = {item["id"]: item["stats"] for item in reports.course_stats(session, runtime.catalog)}
+        analysis = course_analysis(session, course)
+    assert numbers["active_learners"] == 1
+    assert numbers["active_by_channel"] == {"sms": 1} and numbers["active_by_course"] == {COURSE: 1}
+    assert numbers["opted_out_today"] == 0 and numbers["opted_out_total"] == 0
+    assert numbers["lessons_today"]["sent"] == 0  # the simulator's lessons went out on the console only
+    assert stats[COURSE] == {"enrolled": 1, "active": 1, "paused": 0, "finished": 0, "passed": 0}
+    assert analysis["enrolled"] == 1 and analysis["funnel"][0] == ("Enrolled", 1)
+    assert all(item["answered"] == 0 for item in analysis["items"])
+
+
+def test_course_statistics_equal_what_the_database_holds(runtime: Runtime) -> None:
+    """course_stats and course_analysis (set-based: one query for every course's passes) against a count made
+    in Python from every row, with finished enrolments just below, at and above the pass mark."""
+    now = utcnow()
+    courses = {course.id: course for course in runtime.catalog.courses}
+    slots = {cid: [(li, qi, q.answer) for li, lesson in enumerate(c.lessons) for qi, q in enumerate(lesson.quiz)]
+             for cid, c in courses.items()}
+    with runtime.factory.begin() as session:
+        n = 0
+        for cid, course in courses.items():
+            total = len(slots[cid])
+            for right in sorted({0, max(total - 3, 0), total - 1, total, total // 2}):
+                for state, position in (("finished", len(course.lessons) - 1), ("active", 1), ("paused", 0)):
+                    n += 1
+                    learner = Learner(phone=f"+5255000{n:05d}", language="es", reasks=0, created_at=now)
+                    session.add(learner)
+                    session.flush()
+                    enrolment = Enrolment(learner_id=learner.id, course_id=cid, channel="sms", position=position,
+                                          state=state, reminders=0, enrolled_at=now,
+                                          finished_at=now if state == "finished" else None)
+                    session.add(enrolment)
+                    session.flush()
+                    for k, (li, qi, answer) in enumerate(slots[cid]):
+                        correct = k < right
+                        choice = answer if correct else (answer % len(course.lessons[li].quiz[qi].options)) + 1
+                        session.add(Answer(enrolment_id=enrolment.id, lesson=li, question=qi, choice=choice,
+                                           correct=correct, answered_at=now))
+    with runtime.factory() as session:
+        enrolments = list(session.scalars(select(Enrolment)))
+        answers = list(session.scalars(select(Answer)))
+        stats = {item["id"]: item["stats"] for item in reports.course_stats(session, runtime.catalog)}
+        analyses = {cid: course_analysis(session, course) for cid, course in courses.items()}
+    by_enrolment = {e.id: e for e in enrolments}
+    for cid, course in courses.items():
+        mine = [e for e in enrolments if e.course_id == cid]
+        expected_passed = 0
+        for e in mine:
+            right = sum(1 for a in answers if a.enrolment_id == e.id and a.correct)
+            if e.state == "finished" and reports.score(course, right, 0, True)["passed"]:
+                expected_passed += 1
+        assert 0 < expected_passed < len([e for e in mine if e.state == "finished"])
+        assert stats[cid] == {"enrolled": len(mine), "active": sum(e.state == "active" for e in mine),
+                              "paused": sum(e.state == "paused" for e in mine),
+                              "finished": sum(e.state == "finished" for e in mine), "passed": expected_passed}
+        analysis = analyses[cid]
+        assert analysis["stats"]["stats"] == stats[cid]
+        assert analysis["funnel"][0] == ("Enrolled", len(mine))
+        assert analysis["funnel"][-2:] == [("Finished", stats[cid]["finished"]), ("Passed", expected_passed)]
+        for index, (_label, count) in enumerate(analysis["funnel"][1:-2]):
+            assert count == sum(1 for e in mine if e.position >= index)
+        for item in analysis["items"]:
+            li, qi = item["lesson"] - 1, item["question"] - 1
+            rows = [a for a in answers if by_enrolment[a.enrolment_id].course_id == cid
+                    and (a.lesson, a.question) == (li, qi)]
+            assert item["answered"] == len(rows)
+            assert item["right"] == sum(1 for a in rows if a.choice == course.lessons[li].quiz[qi].answer)
 
 
 # -- broadcasts -------------------------------------------------------------------------------------------
