@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,12 +31,30 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
+        # SQLite has one writer at a time. Its busy handler makes a waiting writer poll with growing sleeps (up
+        # to 100 ms), so under load the busiest threads win and others (the dispatcher, one write per message)
+        # starve. Within a process, writers queue on this lock instead, in turn; between processes
+        # (gunicorn workers), BEGIN IMMEDIATE and busy_timeout still decide.
+        writer = threading.RLock()  # re-entrant: a 2nd connection in one thread fails as before, on busy_timeout
+
         @event.listens_for(engine, "begin")
         def _begin_immediate(connection: Any) -> None:
             # A deferred transaction that later writes can fail with SQLITE_BUSY without waiting;
             # taking the write lock up front makes concurrent writers queue on busy_timeout instead.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            writer.acquire()
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                writer.release()
+                raise
+            connection.info["vereda_writer"] = True
 
+        def _end(connection: Any) -> None:
+            if connection.info.pop("vereda_writer", False):
+                writer.release()
+
+        event.listen(engine, "commit", _end)
+        event.listen(engine, "rollback", _end)
         return engine
     # No pool_pre_ping: it costs a round trip per transaction (about 0.3 ms of CPU, on every message). After a
     # database restart the first use of each pooled connection fails instead, SQLAlchemy then drops the whole

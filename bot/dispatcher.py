@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from werkzeug.wrappers import Response
+
 from bot.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,15 @@ class Dispatcher:
             return
         self.ensure_started()
         self._event.set()
+
+    def replies_sent_after(self, response: Response, keys: tuple[str, ...]) -> None:
+        """Send one request's replies from its own thread once the answer is written (`response.call_on_close`),
+        and wake the dispatcher for anything else (and for these, if the server never closes the response)."""
+        if not self.enabled:
+            return
+        if keys:
+            response.call_on_close(lambda: self.outbox.send_now(list(keys), self.clock))
+        self.wake()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

@@ -40,6 +40,7 @@ CLAIM_DUE = (select(OUTBOX.c.id, OUTBOX.c.channel, OUTBOX.c.body, OUTBOX.c.conte
                     OUTBOX.c.channel.in_(bindparam("channels", expanding=True)),
                     or_(OUTBOX.c.learner_id.is_(None), ~_SENDING_AHEAD))
              .order_by(OUTBOX.c.priority, OUTBOX.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True))
+CLAIM_THESE = CLAIM_DUE.where(OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 CLAIM_LOCK = 0x766572  # "ver": advisory-lock namespace of the learners whose messages a claim takes (PostgreSQL)
 LEARNER_LOCKS = text("SELECT learner, pg_try_advisory_xact_lock(:space, learner) "
                      "FROM unnest(CAST(:learners AS integer[])) AS learner")
@@ -180,13 +181,16 @@ class Outbox:
             )
         return unknown.rowcount + requeued.rowcount
 
-    def claim(self, now: datetime, limit: int = 50) -> list[Outgoing]:
-        """Mark up to `limit` due rows of our channels as ours (SKIP LOCKED on PostgreSQL; SQLite is serial)."""
+    def claim(self, now: datetime, limit: int = 50, keys: list[str] | None = None) -> list[Outgoing]:
+        """Mark up to `limit` due rows of our channels as ours (SKIP LOCKED on PostgreSQL; SQLite is serial);
+        with `keys`, only rows with those idempotency keys."""
         token = str(uuid.uuid4())
         with transaction(self.factory) as session:
             connection = session.connection()
-            candidates = connection.execute(CLAIM_DUE, {"now": now, "channels": list(self.senders),
-                                                        "limit": limit}).all()
+            values: dict[str, Any] = {"now": now, "channels": list(self.senders), "limit": limit}
+            if keys is not None:
+                values["keys"] = keys
+            candidates = connection.execute(CLAIM_DUE if keys is None else CLAIM_THESE, values).all()
             if candidates and connection.dialect.name == "postgresql":
                 candidates = _in_order_across_processes(connection, candidates)
             if self.limiter is None:
@@ -318,6 +322,25 @@ class Outbox:
                                                 groups.values()))
             for result in results:
                 done.add(result)
+        return done
+
+    def send_now(self, keys: list[str], now_fn: Callable[[], datetime]) -> Dispatch:
+        """Send these rows (the replies to one inbound message) from the calling thread, in order.
+
+        A web request calls it once its answer is on the wire: replies then go out at the pace their
+        messages come in, instead of queueing behind the load. Rows another sender has claimed already, or
+        that must wait (rate limit, an earlier message of the learner in flight), are left to the dispatcher.
+        """
+        done = Dispatch()
+        try:
+            batch = self.claim(now_fn(), limit=len(keys), keys=keys)
+            groups: dict[tuple[str, str], list[Outgoing]] = {}
+            for message in batch:
+                groups.setdefault((message.channel, message.to_address), []).append(message)
+            for group in groups.values():
+                done.add(self._send_group(group, now_fn, lambda: False))
+        except Exception:  # the dispatcher will find whatever is left
+            log.exception("sending the replies of a request failed")
         return done
 
     def _pool(self) -> ThreadPoolExecutor:

@@ -50,6 +50,8 @@ class Received:
     replies: int = 0
     # provider ids of our messages whose buttons answered a question that is now graded (Telegram clears them)
     stale_buttons: tuple[str, ...] = ()
+    # the outbox keys of the replies, in order, when they may go out at once (nothing held waits before them)
+    reply_keys: tuple[str, ...] = ()
 
 
 def _learner_key(envelope: Envelope) -> dict[str, object]:
@@ -278,8 +280,8 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
         channel = transport or envelope.channel
         _touch_address(connection, learner.id, envelope, channel, now)
         opted_out = learner.values["opted_out_at"] is not None
-        if envelope.channel == "whatsapp" and release_held(connection, learner.id, envelope.channel, now) \
-                and parse_keyword(envelope.text) is None and not opted_out:
+        released = envelope.channel == "whatsapp" and release_held(connection, learner.id, envelope.channel, now)
+        if released and parse_keyword(envelope.text) is None and not opted_out:
             # This message answers our template (the window was closed): the held lesson is the reply.
             return Received(duplicate=False)
         state = load_state(connection, learner, is_new)
@@ -310,9 +312,13 @@ def _receive(factory: sessionmaker[Session], envelope: Envelope, ctx: conv.Conte
         sender = senders.get(channel)
         if sender is None:
             return Received(duplicate=False, stale_buttons=stale)
+        keys: list[str] = []
         for n, reply in enumerate(effects.replies):
-            enqueue(connection, key=f"in:{inbound_id}:{n}", learner_id=learner_id, channel=channel,
-                    to_address=envelope.address, from_address=envelope.to, kind=reply.kind, now=now,
-                    parts=sender.render(envelope.channel, reply.text, reply.choices, reply.quick_reply),
-                    erase_after_send=effects.erase, ref=reply.ref)
-        return Received(duplicate=False, replies=len(effects.replies), stale_buttons=stale)
+            added = enqueue(connection, key=f"in:{inbound_id}:{n}", learner_id=learner_id, channel=channel,
+                            to_address=envelope.address, from_address=envelope.to, kind=reply.kind, now=now,
+                            parts=sender.render(envelope.channel, reply.text, reply.choices, reply.quick_reply),
+                            erase_after_send=effects.erase, ref=reply.ref)
+            keys += [f"in:{inbound_id}:{n}:{part}" for part in range(added)]
+        # Released lessons go before these replies: then the dispatcher sends them all, in order.
+        return Received(duplicate=False, replies=len(effects.replies), stale_buttons=stale,
+                        reply_keys=() if released else tuple(keys))

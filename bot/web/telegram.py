@@ -37,7 +37,6 @@ def telegram_update() -> Response:
                             text=event.text, media_count=event.media_count, choice=event.choice, ref=event.ref,
                             course_start=event.course_start, telegram_chat_id=event.chat_id)
         received = receive(runtime.factory, envelope, runtime.context(now), runtime.senders)
-        runtime.dispatcher.wake()
         # A pressed keyboard is spent whatever the press counted for (answered now, before, or outdated);
         # a question answered by typing loses its keyboard too. Old buttons then cannot confuse anyone.
         spent: set[int] = {event.message_id} if event.kind == "press" and event.message_id is not None else set()
@@ -47,6 +46,9 @@ def telegram_update() -> Response:
                 spent.add(int(number))
         for message_id in sorted(spent):
             sender.clear_buttons(event.chat_id, message_id)
-    elif event.kind in ("kicked", "member") and event.chat_id is not None:
+        response = jsonify(ok=True)
+        runtime.dispatcher.replies_sent_after(response, received.reply_keys)
+        return response
+    if event.kind in ("kicked", "member") and event.chat_id is not None:
         telegram_membership(runtime.factory, event.chat_id, blocked=event.kind == "kicked", now=now)
     return jsonify(ok=True)

@@ -52,11 +52,12 @@ def twilio_inbound() -> Response:
                         text=message.text, media_count=message.media_count, choice=choice, to=message.to or None,
                         replied_to=message.replied_to if choice is not None else None)
     try:
-        receive(runtime.factory, envelope, runtime.context(utcnow()), runtime.senders)
+        received = receive(runtime.factory, envelope, runtime.context(utcnow()), runtime.senders)
     except BadAddress as error:
         return _plain(400, f"From: {error}")
-    runtime.dispatcher.wake()
-    return Response(EMPTY_TWIML, mimetype="text/xml")
+    response = Response(EMPTY_TWIML, mimetype="text/xml")
+    runtime.dispatcher.replies_sent_after(response, received.reply_keys)
+    return response
 
 
 @bp.post("/webhooks/twilio/status")
