@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 from twilio.request_validator import RequestValidator
+from werkzeug.serving import make_server
 
 from bot.config import Settings
+from bot.runtime import Runtime, build
+from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.twilio_api import FakeTwilio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +69,13 @@ def fake_twilio() -> Iterator[FakeTwilio]:
 
 
 @pytest.fixture
+def fake_telegram() -> Iterator[FakeTelegram]:
+    fake = FakeTelegram().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
 def settings(database_url: str, fake_twilio: FakeTwilio) -> Settings:
     return Settings(
         database_url=database_url,
@@ -79,16 +91,24 @@ def settings(database_url: str, fake_twilio: FakeTwilio) -> Settings:
     )
 
 
-@pytest.fixture
-def app(settings: Settings):  # type: ignore[no-untyped-def]
+def _testing_app(settings: Settings):  # type: ignore[no-untyped-def]
     from app import create_app
 
     application = create_app(settings)
     application.config["TESTING"] = True
-    yield application
-    runtime = application.extensions["vereda"]
+    return application
+
+
+def _close(runtime: Runtime) -> None:
     runtime.dispatcher.stop()
     runtime.engine.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings):  # type: ignore[no-untyped-def]
+    application = _testing_app(settings)
+    yield application
+    _close(application.extensions["vereda"])
 
 
 @pytest.fixture
@@ -99,6 +119,54 @@ def client(app):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def runtime(app):  # type: ignore[no-untyped-def]
     return app.extensions["vereda"]
+
+
+@pytest.fixture
+def make_app(settings: Settings) -> Iterator[Callable[..., Any]]:
+    """Build extra apps with changed settings (stopped and disposed afterwards)."""
+    built: list[Any] = []
+
+    def make(**changes: object):  # type: ignore[no-untyped-def]
+        application = _testing_app(settings.with_(**changes))
+        built.append(application)
+        return application
+
+    yield make
+    for application in built:
+        _close(application.extensions["vereda"])
+
+
+@pytest.fixture
+def make_runtime(settings: Settings) -> Iterator[Callable[..., Runtime]]:
+    """Runtimes built like the app's (migrated database, catalog, senders), disposed afterwards."""
+    built: list[Runtime] = []
+
+    def make(**changes: object) -> Runtime:
+        runtime = build(settings.with_(**changes))
+        built.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in built:
+        _close(runtime)
+
+
+@pytest.fixture
+def rt(make_runtime: Callable[..., Runtime]) -> Runtime:
+    """A runtime without the web app (no dispatcher thread unless a test starts one)."""
+    return make_runtime()
+
+
+@pytest.fixture
+def live_server(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The test app served on a local port, in a thread."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
 
 
 class TwilioWebhook:

@@ -6,18 +6,17 @@ tests/artifacts/.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from werkzeug.serving import make_server
 
 from bot.auth import create_user
 from bot.dispatcher import utcnow
 from bot.services import Envelope, receive
+from tests.e2e._server import backend
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -31,18 +30,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture
-def served(app: Any) -> Iterator[str]:
-    """The test app on a local port, in a thread."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
-
-
-@pytest.fixture
-def page(served: str) -> Iterator[Any]:
+def page(live_server: str) -> Iterator[Any]:
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -57,12 +45,12 @@ def page(served: str) -> Iterator[Any]:
 
 def shot(page: Any, name: str, database_url: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    backend = "postgresql" if database_url.startswith("postgresql") else "sqlite"
-    page.screenshot(path=str(ARTIFACTS / f"console-{name}-{backend}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"console-{name}-{backend(database_url)}.png"), full_page=True)
 
 
-def test_a_coordinator_signs_in_simulates_and_composes(page: Any, served: str, runtime: Any,
+def test_a_coordinator_signs_in_simulates_and_composes(page: Any, live_server: str, runtime: Any,
                                                         database_url: str) -> None:
+    served = live_server  # the test app on a local port, in a thread
     create_user(runtime.factory, "coord@example.org", "coordinator", PASSWORD, utcnow())
     receive(runtime.factory, Envelope(channel="sms", provider_id="SM-e2e-1", address="+525512345678", text="RUTA"),
             runtime.context(utcnow()), runtime.senders)

@@ -7,14 +7,11 @@ server. The test checks every message that reaches the provider, in order, and n
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +24,9 @@ from bot.courses import Course, Lesson, Question
 from bot.messages import gsm_friendly, say
 from bot.sms import analyse
 from tests.conftest import sms_form
+from tests.e2e._server import LESSONS, AppProcess, backend, serve, twilio_messages, wait_for
 from tests.fakes.twilio_api import FakeTwilio, Sent
 
-ROOT = Path(__file__).resolve().parents[2]
-LESSONS = ROOT / "lessons"
 COURSE_ID = "ruta-segura"
 LEARNER = "+525512345678"
 SMS_FROM = "+15005550006"
@@ -38,99 +34,14 @@ LANG = "es"  # a new learner's language: Spanish first
 STEP_TIMEOUT = 15.0  # seconds for one step's replies to reach the provider (the contract says about 1 s)
 QUIET_SECONDS = 2.5  # how long nothing more may arrive at the end (the dispatcher polls every second)
 
-# Every variable Settings.from_env reads: set them all, so neither the developer's environment nor a
-# `.env` file (load_dotenv never overrides a variable that is set, even to "") changes the run.
-SETTINGS_VARIABLES = (
-    "DATABASE_URL", "LESSONS_DIR", "HOST", "PORT", "PUBLIC_BASE_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN",
-    "TWILIO_SMS_FROM", "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_WHATSAPP_FROM", "TWILIO_API_BASE_URL",
-    "TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_API_BASE_URL", "RATE_LIMITS", "QUIET_HOURS",
-    "VEREDA_SCHEDULER", "VEREDA_DISPATCHER", "LOG_LEVEL",
-)
-
 
 # -- the server ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class AppProcess:
-    """`python app.py` in a temporary folder, configured only through its environment."""
-
-    def __init__(self, workdir: Path, database_url: str, fake: FakeTwilio) -> None:
-        self.workdir, self.port = workdir, free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = {key: value for key, value in os.environ.items() if key not in SETTINGS_VARIABLES}
-        self.env.update(dict.fromkeys(SETTINGS_VARIABLES, ""))
-        self.env.update({
-            "DATABASE_URL": database_url,
-            "LESSONS_DIR": str(LESSONS),
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "PUBLIC_BASE_URL": self.base_url,
-            "TWILIO_ACCOUNT_SID": fake.account_sid,
-            "TWILIO_AUTH_TOKEN": fake.auth_token,
-            "TWILIO_SMS_FROM": SMS_FROM,
-            "TWILIO_API_BASE_URL": fake.base_url,
-            "VEREDA_SCHEDULER": "off",
-            "PYTHONUNBUFFERED": "1",
-        })
-        # The app's twilio client must reach the fake directly, whatever proxy the machine sets.
-        for name in ("NO_PROXY", "no_proxy"):
-            self.env[name] = ",".join(filter(None, ["127.0.0.1,localhost", os.environ.get(name)]))
-        self.stdout_path, self.stderr_path = workdir / "app.stdout", workdir / "app.stderr"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.killed = False
-
-    def start(self, timeout: float = 30.0) -> None:
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=self.workdir,
-                                            env=self.env, stdout=out, stderr=err)
-        deadline, last = time.monotonic() + timeout, "no answer"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"python app.py exited with {self.process.returncode}:\n{self.stderr()}")
-            try:
-                response = httpx.get(f"{self.base_url}/healthz", timeout=2.0, trust_env=False)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as error:
-                last = type(error).__name__
-            time.sleep(0.1)
-        pytest.fail(f"GET /healthz did not answer 200 within {timeout:.0f} s ({last}):\n{self.stderr()}")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-
-    def logs(self) -> str:
-        out = self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
-        return out + self.stderr()
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """Terminate and wait; kill only if SIGTERM was not enough. Returns the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.process.kill()
-                self.process.wait(timeout)
-        return self.process.returncode
-
-
 @pytest.fixture
-def server(tmp_path: Path, database_url: str, fake_twilio: FakeTwilio):  # type: ignore[no-untyped-def]
-    app = AppProcess(tmp_path, database_url, fake_twilio)
-    try:
-        app.start()
+def server(tmp_path: Path, database_url: str, fake_twilio: FakeTwilio) -> Iterator[AppProcess]:
+    with serve(tmp_path, DATABASE_URL=database_url, LESSONS_DIR=str(LESSONS),
+               TWILIO_ACCOUNT_SID=fake_twilio.account_sid, TWILIO_AUTH_TOKEN=fake_twilio.auth_token,
+               TWILIO_SMS_FROM=SMS_FROM, TWILIO_API_BASE_URL=fake_twilio.base_url, VEREDA_SCHEDULER="off") as app:
         yield app
-    finally:
-        app.stop()
 
 
 # -- what the learner should receive -------------------------------------------------------------------
@@ -217,18 +128,12 @@ class SmsLearner:
         return self.http.post(f"{self.app.base_url}{path}", data=form, headers={"X-Twilio-Signature": signature})
 
     def wait_for(self, count: int, timeout: float = STEP_TIMEOUT) -> list[Sent]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.fake.lock:
-                messages = list(self.fake.messages)
-            if len(messages) >= count or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        if len(messages) < count:
+        def failure(messages: list[Sent]) -> str:
             got = "\n".join(f"  {m.body[:70]!r}" for m in messages[len(self.expected):])
-            pytest.fail(f"expected {count} message(s) at the provider, got {len(messages)}; "
-                        f"this step's so far:\n{got}\nserver log:\n{self.app.logs()[-4000:]}")
-        return messages
+            return (f"expected {count} message(s) at the provider, got {len(messages)}; "
+                    f"this step's so far:\n{got}\nserver log:\n{self.app.logs()[-4000:]}")
+
+        return wait_for(lambda: twilio_messages(self.fake), count, timeout, failure)
 
     def text(self, body: str, expect: list[Expected], sid: str | None = None) -> list[Sent]:
         """Send `body` as an SMS and check that exactly `expect` arrives at the provider, in order."""
@@ -335,7 +240,7 @@ class Walk:
 def test_sms_learner_takes_ruta_segura_end_to_end(server: AppProcess, fake_twilio: FakeTwilio,
                                                   database_url: str) -> None:
     began = time.monotonic()
-    backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+    db = backend(database_url)
     catalog, problems = load_catalog(LESSONS)
     assert not problems, problems
     course = catalog.get(COURSE_ID)
@@ -343,7 +248,7 @@ def test_sms_learner_takes_ruta_segura_end_to_end(server: AppProcess, fake_twili
     assert sum(len(lesson.quiz) for lesson in course.lessons) >= 3, "the answer plan needs 3 questions"
 
     health = httpx.get(f"{server.base_url}/healthz", timeout=5.0, trust_env=False).json()
-    assert health["status"] == "ok" and health["database"] == backend
+    assert health["status"] == "ok" and health["database"] == db
     assert COURSE_ID in health["courses"] and "sms" in health["channels"]
 
     walk = Walk(course)
@@ -431,7 +336,7 @@ def test_sms_learner_takes_ruta_segura_end_to_end(server: AppProcess, fake_twili
     assert lessons == len(course.lessons)
     segments = sum(analyse(m.body).segments for m in arrived)
     ucs2 = sum(1 for m in arrived if analyse(m.body).encoding == "UCS-2")
-    print(f"\n[e2e {backend}] {len(learner.steps)} SMS in, {len(arrived)} SMS out ({segments} segments; "
+    print(f"\n[e2e {db}] {len(learner.steps)} SMS in, {len(arrived)} SMS out ({segments} segments; "
           f"{ucs2} UCS-2, all for the author's text), {lessons}/{len(course.lessons)} lessons, "
           f"quiz {walk.right}/{walk.answered} = {walk.percent}% -> {'passed' if walk.passed else 'not passed'}"
           f" (pass mark {round(course.pass_mark * 100)}%); slowest first reply {slowest:.2f} s; "

@@ -8,10 +8,6 @@ Updates built from them. Every message the server sends is checked, in order, an
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,9 +20,9 @@ import pytest
 from bot.catalog import load_catalog
 from bot.courses import Course
 from bot.messages import say
+from tests.e2e._server import LESSONS, AppProcess, backend, serve, wait_for
 from tests.fakes.telegram_api import TOKEN, Call, FakeTelegram
 
-ROOT = Path(__file__).resolve().parents[2]
 COURSE_ID = "seguridad-humana"
 SECRET = "e2e-secret-token_9f8e7d6c5b4a"
 CHAT = 7012345678
@@ -37,88 +33,15 @@ FIRST_MESSAGE_ID = 1001  # FakeTelegram numbers the messages it accepts from 100
 STEP_TIMEOUT = 15.0
 QUIET_SECONDS = 2.5
 LANG = "es"
-SETTINGS_VARIABLES = (
-    "DATABASE_URL", "LESSONS_DIR", "HOST", "PORT", "PUBLIC_BASE_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN",
-    "TWILIO_SMS_FROM", "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_WHATSAPP_FROM", "TWILIO_API_BASE_URL",
-    "TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_API_BASE_URL", "RATE_LIMITS", "QUIET_HOURS",
-    "VEREDA_SCHEDULER", "VEREDA_DISPATCHER", "LOG_LEVEL",
-)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class AppProcess:
-    """`python app.py` in a temporary folder, with only the Telegram channel configured."""
-
-    def __init__(self, workdir: Path, database_url: str, fake: FakeTelegram) -> None:
-        self.workdir, self.port = workdir, free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = {key: value for key, value in os.environ.items() if key not in SETTINGS_VARIABLES}
-        self.env.update(dict.fromkeys(SETTINGS_VARIABLES, ""))
-        self.env.update({
-            "DATABASE_URL": database_url, "LESSONS_DIR": str(ROOT / "lessons"), "HOST": "127.0.0.1",
-            "PORT": str(self.port), "PUBLIC_BASE_URL": self.base_url, "TELEGRAM_BOT_TOKEN": TOKEN,
-            "TELEGRAM_WEBHOOK_SECRET": SECRET, "TELEGRAM_API_BASE_URL": fake.base_url,
-            "VEREDA_SCHEDULER": "off", "PYTHONUNBUFFERED": "1",
-        })
-        for name in ("NO_PROXY", "no_proxy"):  # the app's Bot must reach the fake directly
-            self.env[name] = ",".join(filter(None, ["127.0.0.1,localhost", os.environ.get(name)]))
-        self.stderr_path = workdir / "app.stderr"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.killed = False
-
-    def start(self, timeout: float = 30.0) -> None:
-        with open(self.workdir / "app.stdout", "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=self.workdir,
-                                            env=self.env, stdout=out, stderr=err)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"python app.py exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=2.0, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"GET /healthz did not answer 200 within {timeout:.0f} s:\n{self.logs()}")
-
-    def logs(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.process.kill()
-                self.process.wait(timeout)
-        return self.process.returncode
-
-
-@pytest.fixture
-def fake_telegram() -> Iterator[FakeTelegram]:
-    fake = FakeTelegram().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str, fake_telegram: FakeTelegram) -> Iterator[AppProcess]:
-    app = AppProcess(tmp_path, database_url, fake_telegram)
-    try:
-        app.start()
+    """`python app.py` with only the Telegram channel configured."""
+    with serve(tmp_path, DATABASE_URL=database_url, LESSONS_DIR=str(LESSONS), TELEGRAM_BOT_TOKEN=TOKEN,
+               TELEGRAM_WEBHOOK_SECRET=SECRET, TELEGRAM_API_BASE_URL=fake_telegram.base_url,
+               VEREDA_SCHEDULER="off") as app:
         yield app
-    finally:
-        app.stop()
 
 
 # -- what the learner should receive ----------------------------------------------------------------------
@@ -195,15 +118,12 @@ class Client:
             "data": data}}
 
     def wait_for(self, count: int) -> list[Call]:
-        deadline = time.monotonic() + STEP_TIMEOUT
-        while time.monotonic() < deadline:
-            calls = self.fake.sent(CHAT)
-            if len(calls) >= count:
-                return calls
-            time.sleep(0.02)
-        got = [c.params["text"][:60] for c in self.fake.sent(CHAT)[len(self.expected):]]
-        pytest.fail(f"expected {count} messages, got {len(self.fake.sent(CHAT))}; this step's: {got}\n"
-                    f"server log:\n{self.app.logs()[-4000:]}")
+        def failure(calls: list[Call]) -> str:
+            got = [c.params["text"][:60] for c in calls[len(self.expected):]]
+            return (f"expected {count} messages, got {len(calls)}; this step's: {got}\n"
+                    f"server log:\n{self.app.stderr()[-4000:]}")
+
+        return wait_for(lambda: self.fake.sent(CHAT), count, STEP_TIMEOUT, failure)
 
     def step(self, update: dict[str, Any], expect: list[Expected]) -> list[Call]:
         start, started = len(self.expected), time.monotonic()
@@ -245,7 +165,7 @@ class Client:
 def test_telegram_learner_takes_seguridad_humana_with_buttons(server: AppProcess, fake_telegram: FakeTelegram,
                                                               database_url: str) -> None:
     began = time.monotonic()
-    catalog, problems = load_catalog(ROOT / "lessons")
+    catalog, problems = load_catalog(LESSONS)
     assert not problems, problems
     course = catalog.get(COURSE_ID)
     assert course is not None and "telegram" in course.channels and course.schedule.days == tuple(range(7))
@@ -309,11 +229,10 @@ def test_telegram_learner_takes_seguridad_humana_with_buttons(server: AppProcess
     slowest = max(client.first_replies)
     assert slowest < 5.0, client.first_replies
     code = server.stop()
-    assert not server.killed, f"python app.py ignored SIGTERM:\n{server.logs()[-4000:]}"
-    logs = server.logs()
+    assert not server.killed, f"python app.py ignored SIGTERM:\n{server.stderr()[-4000:]}"
+    logs = server.stderr()
     assert "Traceback" not in logs and " ERROR " not in logs, logs[-4000:]
     assert TOKEN not in logs and TOKEN.split(":")[1] not in logs  # the bot token never reaches the log
-    backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
-    print(f"\n[e2e telegram {backend}] {len(client.presses)} presses, {len(sent)} messages, "
+    print(f"\n[e2e telegram {backend(database_url)}] {len(client.presses)} presses, {len(sent)} messages, "
           f"{answered} answers, slowest first reply {slowest:.2f} s, exit {code}, "
           f"{time.monotonic() - began:.1f} s")

@@ -10,10 +10,7 @@ go out as the course's quick-reply template and are answered with ButtonPayload.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,9 +29,9 @@ from bot.db import make_engine
 from bot.messages import say
 from bot.models import Enrolment, OutboundMessage
 from tests.conftest import sms_form
+from tests.e2e._server import ROOT, AppProcess, backend, environment, serve, twilio_messages, vereda, wait_for
 from tests.fakes.twilio_api import FakeTwilio, Sent
 
-ROOT = Path(__file__).resolve().parents[2]
 LESSONS = ROOT / "tests" / "fixtures" / "courses_whatsapp"
 COURSE_ID = "ruta-segura"
 LEARNER = "whatsapp:+5215512345678"
@@ -42,93 +39,28 @@ OURS = "whatsapp:+14155238886"
 LANG = "es"
 STEP_TIMEOUT = 15.0
 QUIET_SECONDS = 2.5
-SETTINGS_VARIABLES = (
-    "DATABASE_URL", "LESSONS_DIR", "HOST", "PORT", "PUBLIC_BASE_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN",
-    "TWILIO_SMS_FROM", "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_WHATSAPP_FROM", "TWILIO_API_BASE_URL",
-    "TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_API_BASE_URL", "RATE_LIMITS", "QUIET_HOURS",
-    "VEREDA_SCHEDULER", "VEREDA_DISPATCHER", "LOG_LEVEL",
-)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def environment(database_url: str, fake: FakeTwilio, **extra: str) -> dict[str, str]:
-    """Every variable Settings reads, set (a developer's .env or shell changes nothing), Twilio at the fake."""
-    env = {key: value for key, value in os.environ.items() if key not in SETTINGS_VARIABLES}
-    env.update(dict.fromkeys(SETTINGS_VARIABLES, ""))
-    env.update({
+def configuration(database_url: str, fake: FakeTwilio) -> dict[str, str]:
+    """The settings of the web process and of `vereda tick`: SMS and WhatsApp at the fake Twilio, no scheduler."""
+    return {
         "DATABASE_URL": database_url, "LESSONS_DIR": str(LESSONS), "TWILIO_ACCOUNT_SID": fake.account_sid,
         "TWILIO_AUTH_TOKEN": fake.auth_token, "TWILIO_SMS_FROM": "+15005550006", "TWILIO_WHATSAPP_FROM": OURS,
-        "TWILIO_API_BASE_URL": fake.base_url, "VEREDA_SCHEDULER": "off", "PYTHONUNBUFFERED": "1", **extra,
-    })
-    for name in ("NO_PROXY", "no_proxy"):
-        env[name] = ",".join(filter(None, ["127.0.0.1,localhost", os.environ.get(name)]))
-    return env
-
-
-class AppProcess:
-    def __init__(self, workdir: Path, database_url: str, fake: FakeTwilio) -> None:
-        self.workdir, self.port = workdir, free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = environment(database_url, fake, HOST="127.0.0.1", PORT=str(self.port),
-                               PUBLIC_BASE_URL=self.base_url)
-        self.stderr_path = workdir / "app.stderr"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.killed = False
-
-    def start(self, timeout: float = 30.0) -> None:
-        with open(self.workdir / "app.stdout", "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=self.workdir,
-                                            env=self.env, stdout=out, stderr=err)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"python app.py exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=2.0, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"GET /healthz did not answer 200 within {timeout:.0f} s:\n{self.logs()}")
-
-    def logs(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.process.kill()
-                self.process.wait(timeout)
-        return self.process.returncode
+        "TWILIO_API_BASE_URL": fake.base_url, "VEREDA_SCHEDULER": "off",
+    }
 
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str, fake_twilio: FakeTwilio) -> Iterator[AppProcess]:
-    app = AppProcess(tmp_path, database_url, fake_twilio)
-    try:
-        app.start()
+    with serve(tmp_path, **configuration(database_url, fake_twilio)) as app:
         yield app
-    finally:
-        app.stop()
 
 
 def vereda_tick(tmp_path: Path, database_url: str, fake: FakeTwilio, now: datetime) -> str:
     """`vereda tick --now NOW` in its own process (the console script), as cron would run it."""
-    script = Path(sys.executable).with_name("vereda")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "bot.cli"]
-    done = subprocess.run([*command, "tick", "--now", now.isoformat(), "--budget", "20"], cwd=tmp_path,
-                          env=environment(database_url, fake), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(vereda("tick", "--now", now.isoformat(), "--budget", "20"), cwd=tmp_path,
+                          env=environment(**configuration(database_url, fake)), capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -214,15 +146,11 @@ class Phone:
         return self.http.post(url, data=form, headers={"X-Twilio-Signature": signature})
 
     def wait_for(self, count: int) -> list[Sent]:
-        deadline = time.monotonic() + STEP_TIMEOUT
-        while time.monotonic() < deadline:
-            with self.fake.lock:
-                if len(self.fake.messages) >= count:
-                    return list(self.fake.messages)
-            time.sleep(0.02)
-        with self.fake.lock:
-            got = [(m.body or m.form.get("ContentSid", ""))[:60] for m in self.fake.messages[self.seen:]]
-        pytest.fail(f"expected {count} messages, got {self.seen + len(got)}: {got}\n{self.app.logs()[-4000:]}")
+        def failure(messages: list[Sent]) -> str:
+            got = [(m.body or m.form.get("ContentSid", ""))[:60] for m in messages[self.seen:]]
+            return f"expected {count} messages, got {self.seen + len(got)}: {got}\n{self.app.stderr()[-4000:]}"
+
+        return wait_for(lambda: twilio_messages(self.fake), count, STEP_TIMEOUT, failure)
 
     def receive(self, expect: list[Expected]) -> list[Sent]:
         received = self.wait_for(self.seen + len(expect))[self.seen:]
@@ -356,10 +284,9 @@ def test_whatsapp_course_across_a_closed_window(server: AppProcess, fake_twilio:
     assert slowest < 5.0, phone.first_replies
     code = server.stop()
     assert not server.killed
-    logs = server.logs()
+    logs = server.stderr()
     assert "Traceback" not in logs and " ERROR " not in logs, logs[-4000:]
     assert "5512345678" not in logs  # no full phone number in the log
-    backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
-    print(f"\n[e2e whatsapp {backend}] {len(arrived)} messages ({len(templates)} template, {len(buttons)} with "
-          f"buttons), {walk.right}/{walk.answered} right, slowest first reply {slowest:.2f} s, exit {code}, "
-          f"{time.monotonic() - began:.1f} s")
+    print(f"\n[e2e whatsapp {backend(database_url)}] {len(arrived)} messages ({len(templates)} template, "
+          f"{len(buttons)} with buttons), {walk.right}/{walk.answered} right, slowest first reply {slowest:.2f} s, "
+          f"exit {code}, {time.monotonic() - began:.1f} s")

@@ -5,11 +5,9 @@ provider that fails 30 % of its requests: every message arrives once (or is repo
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,21 +20,14 @@ from sqlalchemy import func, insert, select
 from bot.config import Settings
 from bot.models import Broadcast, Enrolment, Learner, LearnerAddress, OutboundMessage
 from bot.runtime import Runtime, build
+from tests.e2e._server import LESSONS, AppProcess, environment, vereda
 from tests.fakes.twilio_api import Failure, FakeTwilio
 
-ROOT = Path(__file__).resolve().parents[2]
-LESSONS = ROOT / "lessons"
 COURSE = "seguridad-humana"
 SMS_FROM = "+15005550006"
 # 12:00 in Mexico City (no quiet hours), and later than the real clock: broadcasts made with `vereda broadcast
 # create --at T` are due at T, and `vereda tick --now T` acts as of then.
 T = datetime(2030, 1, 15, 18, 0, tzinfo=UTC)
-SETTINGS_VARIABLES = (
-    "DATABASE_URL", "LESSONS_DIR", "HOST", "PORT", "PUBLIC_BASE_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN",
-    "TWILIO_SMS_FROM", "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_WHATSAPP_FROM", "TWILIO_API_BASE_URL",
-    "TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_API_BASE_URL", "RATE_LIMITS", "QUIET_HOURS",
-    "VEREDA_SCHEDULER", "VEREDA_DISPATCHER", "LOG_LEVEL",
-)
 
 pytestmark = pytest.mark.e2e
 
@@ -78,26 +69,14 @@ def slow_twilio() -> Iterator[SlowTwilio]:
     fake.stop()
 
 
-def environment(database_url: str, fake: FakeTwilio, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in SETTINGS_VARIABLES}
-    env.update(dict.fromkeys(SETTINGS_VARIABLES, ""))
-    env.update({
+def configuration(database_url: str, fake: FakeTwilio) -> dict[str, str]:
+    """The settings of every process here: SMS at the fake Twilio, no rate limits, no scheduler in the web one."""
+    return {
         "DATABASE_URL": database_url, "LESSONS_DIR": str(LESSONS), "TWILIO_ACCOUNT_SID": fake.account_sid,
         "TWILIO_AUTH_TOKEN": fake.auth_token, "TWILIO_SMS_FROM": SMS_FROM, "TWILIO_API_BASE_URL": fake.base_url,
         "PUBLIC_BASE_URL": "https://vereda.example.org", "RATE_LIMITS": "off", "VEREDA_SCHEDULER": "off",
-        "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
-    })
-    for name in ("NO_PROXY", "no_proxy"):
-        env[name] = ",".join(filter(None, ["127.0.0.1,localhost", os.environ.get(name)]))
-    env.update(extra)
-    return env
-
-
-def vereda(*args: str) -> list[str]:
-    script = Path(sys.executable).with_name("vereda")
-    if script.exists():
-        return [str(script), *args]
-    return [sys.executable, "-m", "bot.cli", *args]
+        "LOG_LEVEL": "WARNING",
+    }
 
 
 def start(args: list[str], env: dict[str, str], workdir: Path, name: str) -> subprocess.Popen[bytes]:
@@ -184,7 +163,7 @@ def test_three_concurrent_ticks_send_2000_due_lessons_once_each(rt: Runtime, fak
                                                               pg: str, tmp_path: Path) -> None:
     began = time.monotonic()
     phones = add_due_learners(rt, 2000)
-    env = environment(pg, fake_twilio)
+    env = environment(**configuration(pg, fake_twilio))
 
     reports = ticks_at(T, env, tmp_path)
     assert sum(planned(r) for r in reports) == 2000, reports
@@ -231,20 +210,18 @@ def test_worker_processes_send_due_lessons_and_the_web_process_with_scheduler_of
     offset = offset - 24 if offset > 14 else offset + 24 if offset < -12 else offset
     zone = "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"  # POSIX sign: Etc/GMT-3 is UTC+3
     phones = add_due_learners(rt, 300, due=now - timedelta(hours=1), zone=zone)
-    env = environment(pg, fake_twilio)
+    env = environment(**configuration(pg, fake_twilio))
 
     # python app.py with VEREDA_SCHEDULER=off: it serves and dispatches replies, but plans no drip
-    port = _free_port()
-    web = start([sys.executable, str(ROOT / "app.py")], {**env, "PORT": str(port), "HOST": "127.0.0.1"},
-                tmp_path, "web")
+    web = AppProcess(tmp_path, "web", **configuration(pg, fake_twilio))
     try:
-        _wait_healthy(port, web, tmp_path)
+        web.start()
         time.sleep(7)  # more than one scheduler interval
         assert fake_twilio.messages == []
         assert outbox_statuses(rt) == Counter()
     finally:
-        web.terminate()
-        web.wait(15)
+        web.stop(15)
+    assert not web.killed, web.stderr()[-3000:]  # SIGTERM was enough
 
     workers = [start(vereda("worker"), env, tmp_path, f"worker-{n}") for n in range(3)]
     try:
@@ -268,30 +245,6 @@ def test_worker_processes_send_due_lessons_and_the_web_process_with_scheduler_of
     assert outbox_statuses(rt) == Counter({"sent": 600})
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_healthy(port: int, process: subprocess.Popen[bytes], workdir: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"python app.py exited {process.returncode}:\n{output(workdir, 'web')[1][-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail("python app.py did not answer /healthz")
-
-
 # -- a worker killed mid-broadcast -------------------------------------------------------------------
 
 
@@ -299,7 +252,7 @@ def test_a_worker_killed_mid_broadcast_sends_nobody_twice(rt: Runtime, slow_twil
                                                          tmp_path: Path) -> None:
     began = time.monotonic()
     phones = add_due_learners(rt, 400, prefix="+5256", due=T + timedelta(days=30))  # no lesson due now
-    env = environment(pg, slow_twilio)
+    env = environment(**configuration(pg, slow_twilio))
     out = run(vereda("broadcast", "create", "--text-es", "Aviso: el albergue cambia de horario.",
                      "--at", T.isoformat(), "--yes"), env, tmp_path)
     broadcast_id = int(out.strip().splitlines()[-1])
@@ -351,7 +304,7 @@ def test_a_flaky_provider_still_gets_everything_once(rt: Runtime, fake_twilio: F
                                                     tmp_path: Path) -> None:
     began = time.monotonic()
     phones = add_due_learners(rt, 250, prefix="+5257")
-    env = environment(pg, fake_twilio)
+    env = environment(**configuration(pg, fake_twilio))
     out = run(vereda("broadcast", "create", "--text-es", "Aviso para todo el grupo.", "--at", T.isoformat(),
                      "--yes"), env, tmp_path)
     broadcast_id = int(out.strip().splitlines()[-1])

@@ -5,7 +5,6 @@ once per recipient across interruptions and crashes, cancel, report, failures, a
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,46 +19,18 @@ from bot.channels.base import Outgoing, SendResult
 from bot.config import Settings
 from bot.models import Broadcast, Enrolment, Learner, LearnerAddress, LearnerTag, OutboundMessage
 from bot.outbox import Outbox
-from bot.runtime import Runtime, build
-from bot.services import Envelope, Received, receive
+from bot.runtime import Runtime
 from scheduler import tick
 from tests.conftest import LESSONS, at
 from tests.fakes.twilio_api import Failure, FakeTwilio
+from tests.helpers import SETTINGS_VARIABLES, say
 
 COURSE = "seguridad-humana"
 MEXICO = "America/Mexico_City"
 NOON_MX = at("2026-06-02 18:00")  # 12:00 in Mexico City, 03:00 the next day in Tokyo
-SMS_TO = "+15005550006"
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_runtime(settings: Settings) -> Iterator[Callable[..., Runtime]]:
-    built: list[Runtime] = []
-
-    def make(**changes: object) -> Runtime:
-        runtime = build(settings.with_(**changes))
-        built.append(runtime)
-        return runtime
-
-    yield make
-    for runtime in built:
-        runtime.dispatcher.stop()
-        runtime.engine.dispose()
-
-
-@pytest.fixture
-def rt(make_runtime: Callable[..., Runtime]) -> Runtime:
-    return make_runtime()
-
-
-def say(runtime: Runtime, phone: str, text: str, now: datetime, channel: str = "sms") -> Received:
-    address = f"whatsapp:{phone}" if channel == "whatsapp" else phone
-    to = "whatsapp:+14155238886" if channel == "whatsapp" else SMS_TO
-    envelope = Envelope(channel=channel, provider_id="SM" + uuid.uuid4().hex, address=address, text=text, to=to)
-    return receive(runtime.factory, envelope, runtime.context(now), runtime.senders)
 
 
 def add_learners(runtime: Runtime, phones: list[str], *, channel: str = "sms", zone: str | None = MEXICO,
@@ -555,14 +526,6 @@ def test_transient_errors_are_retried_and_sent_once(status: int, code: int | Non
 
 
 # -- the CLI -----------------------------------------------------------------------------------------
-
-SETTINGS_VARIABLES = (
-    "DATABASE_URL", "LESSONS_DIR", "HOST", "PORT", "PUBLIC_BASE_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN",
-    "TWILIO_SMS_FROM", "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_WHATSAPP_FROM", "TWILIO_API_BASE_URL",
-    "TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_API_BASE_URL", "RATE_LIMITS", "QUIET_HOURS",
-    "VEREDA_SCHEDULER", "VEREDA_DISPATCHER", "LOG_LEVEL",
-)
-
 
 @pytest.fixture
 def cli(settings: Settings, fake_twilio: FakeTwilio, monkeypatch: pytest.MonkeyPatch,

@@ -7,8 +7,7 @@ scheduler pass is `tick(runtime, now=...)`. What counts is what reaches the fake
 from __future__ import annotations
 
 import shutil
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from pathlib import Path
@@ -17,15 +16,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, update
 
-from bot.config import Settings
 from bot.drips import plan_drips
 from bot.messages import say as message
 from bot.models import Enrolment, Learner, LearnerAddress, OutboundMessage
-from bot.runtime import Runtime, build
-from bot.services import Envelope, Received, receive
+from bot.runtime import Runtime
 from scheduler import TickReport, tick
 from tests.conftest import LESSONS, at
 from tests.fakes.twilio_api import FakeTwilio, Sent
+from tests.helpers import say
 
 ROOT = Path(__file__).resolve().parents[2]
 WHATSAPP_LESSONS = ROOT / "tests" / "fixtures" / "courses_whatsapp"
@@ -35,40 +33,10 @@ US = "+12125550123"  # America/New_York: EST UTC-5, EDT UTC-4
 HN = "+50422345678"  # America/Tegucigalpa: UTC-6, no DST
 JP = "+81312345678"  # Asia/Tokyo: UTC+9
 ZONES = {MX: "America/Mexico_City", US: "America/New_York", HN: "America/Tegucigalpa", JP: "Asia/Tokyo"}
-SMS_TO = "+15005550006"
 STEP = timedelta(minutes=15)
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_runtime(settings: Settings) -> Iterator[Callable[..., Runtime]]:
-    """Runtimes built like the app's (migrated database, catalog, senders), disposed afterwards."""
-    built: list[Runtime] = []
-
-    def make(**changes: object) -> Runtime:
-        runtime = build(settings.with_(**changes))
-        built.append(runtime)
-        return runtime
-
-    yield make
-    for runtime in built:
-        runtime.dispatcher.stop()
-        runtime.engine.dispose()
-
-
-@pytest.fixture
-def rt(make_runtime: Callable[..., Runtime]) -> Runtime:
-    return make_runtime()
-
-
-def say(runtime: Runtime, phone: str, text: str, now: datetime, channel: str = "sms") -> Received:
-    """The learner texts `text` at `now` (no dispatcher thread: replies wait in the outbox for a tick)."""
-    address = f"whatsapp:{phone}" if channel == "whatsapp" else phone
-    to = "whatsapp:+14155238886" if channel == "whatsapp" else SMS_TO
-    envelope = Envelope(channel=channel, provider_id="SM" + uuid.uuid4().hex, address=address, text=text, to=to)
-    return receive(runtime.factory, envelope, runtime.context(now), runtime.senders)
 
 
 def enrolment(runtime: Runtime, phone: str, course: str = COURSE) -> Enrolment:

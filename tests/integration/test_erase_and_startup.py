@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import time
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from bot.channels.base import Rendered
 from bot.config import Settings
@@ -29,23 +27,10 @@ from bot.models import (
 from bot.outbox import enqueue
 from tests.conftest import LESSONS, TwilioWebhook
 from tests.fakes.twilio_api import FakeTwilio
+from tests.helpers import count, settle
 
 PHONE = "+525512345678"
 DIGITS = "5512345678"
-
-
-def count(runtime, model, *where) -> int:  # type: ignore[no-untyped-def]
-    with runtime.factory() as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
-def settle(runtime, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if count(runtime, OutboundMessage, OutboundMessage.status.in_(["queued", "sending"])) == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the outbox did not drain")
 
 
 def every_stored_value(runtime) -> list[str]:  # type: ignore[no-untyped-def]
@@ -184,25 +169,6 @@ BAD_YAML_COURSE = """\
 title: {es: "Sin cerrar", en: "Unclosed"
 keywords: [ABIERTO]
 """
-
-
-@pytest.fixture
-def make_app(settings: Settings) -> Iterator[Callable[..., object]]:
-    from app import create_app
-
-    built = []
-
-    def make(**changes: object):  # type: ignore[no-untyped-def]
-        application = create_app(settings.with_(**changes))
-        application.config["TESTING"] = True
-        built.append(application)
-        return application
-
-    yield make
-    for application in built:
-        runtime = application.extensions["vereda"]
-        runtime.dispatcher.stop()
-        runtime.engine.dispose()
 
 
 @pytest.fixture

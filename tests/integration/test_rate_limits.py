@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import func, select
 
 from bot.channels.base import Outgoing, Rendered, SendResult
@@ -16,7 +15,7 @@ from bot.config import DEFAULT_RATE_LIMITS, Settings
 from bot.models import OutboundMessage
 from bot.outbox import Outbox, enqueue
 from bot.ratelimit import RateLimiter, cost
-from bot.runtime import Runtime, build
+from bot.runtime import Runtime
 from bot.sms import analyse
 from scheduler import tick
 from tests.fakes.twilio_api import FakeTwilio
@@ -27,21 +26,6 @@ THREE_SEGMENTS = ("Aviso importante para todas las personas del albergue. " * 8)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@pytest.fixture
-def make_runtime(settings: Settings) -> Iterator[Callable[..., Runtime]]:
-    built: list[Runtime] = []
-
-    def make(**changes: object) -> Runtime:
-        runtime = build(settings.with_(**changes))
-        built.append(runtime)
-        return runtime
-
-    yield make
-    for runtime in built:
-        runtime.dispatcher.stop()
-        runtime.engine.dispose()
 
 
 class Timed:

@@ -11,7 +11,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,8 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
-from werkzeug.serving import make_server
+from sqlalchemy import select
 
 from bot.catalog import load_catalog
 from bot.channels.base import split_text
@@ -31,6 +30,8 @@ from bot.dispatcher import utcnow
 from bot.messages import say
 from bot.models import Answer, Enrolment, InboundMessage, Learner, MessageEvent, OutboundMessage
 from tests.fakes.telegram_api import TOKEN, Call, FakeTelegram, TgFailure
+from tests.helpers import count
+from tests.helpers import settle_due as settle
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "telegram"
@@ -57,37 +58,10 @@ assert COURSE is not None
 
 
 @pytest.fixture
-def fake_telegram() -> Iterator[FakeTelegram]:
-    fake = FakeTelegram().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
 def settings(settings: Settings, fake_telegram: FakeTelegram) -> Settings:
     """The shared settings with the Telegram channel on, pointed at the fake Bot API."""
     return settings.with_(telegram_bot_token=TOKEN, telegram_webhook_secret=SECRET,
                           telegram_api_base_url=fake_telegram.base_url)
-
-
-@pytest.fixture
-def make_app(settings: Settings) -> Iterator[Callable[..., Any]]:
-    """Build extra apps with changed settings (stopped and disposed afterwards)."""
-    from app import create_app
-
-    built = []
-
-    def make(**changes: object):  # type: ignore[no-untyped-def]
-        application = create_app(settings.with_(**changes))
-        application.config["TESTING"] = True
-        built.append(application)
-        return application
-
-    yield make
-    for application in built:
-        runtime = application.extensions["vereda"]
-        runtime.dispatcher.stop()
-        runtime.engine.dispose()
 
 
 class Telegram:
@@ -147,23 +121,6 @@ def last_question(fake: FakeTelegram) -> tuple[int, list[tuple[str, str]]]:
         if keyboard(calls[index]):
             return FIRST_MESSAGE_ID + index, keyboard(calls[index])
     raise AssertionError("no message with an inline keyboard was sent")
-
-
-def count(runtime, model, *where) -> int:  # type: ignore[no-untyped-def]
-    with runtime.factory() as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
-def settle(runtime, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    """Wait until the dispatcher has finished every outbox row that is due now."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = count(runtime, OutboundMessage, OutboundMessage.status.in_(["queued", "sending"]),
-                     OutboundMessage.next_attempt_at <= utcnow())
-        if busy == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the outbox did not drain")
 
 
 def answers(runtime) -> list[tuple[int, int, int, bool]]:  # type: ignore[no-untyped-def]
@@ -352,16 +309,6 @@ def test_same_update_twice_is_processed_once(tg: Telegram, runtime, fake_telegra
     time.sleep(0.3)
     assert len(fake_telegram.sent(CHAT)) == 3
     assert count(runtime, InboundMessage) == 1 and count(runtime, Enrolment) == 1
-
-
-@pytest.fixture
-def live_server(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_same_update_eight_times_at_once_is_processed_once(live_server: str, runtime,

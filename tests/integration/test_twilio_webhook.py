@@ -5,17 +5,15 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from sqlalchemy import func, select
-from werkzeug.serving import make_server
+from sqlalchemy import select
 
-from bot.config import Settings
 from bot.models import Answer, Enrolment, InboundMessage, Learner, MessageEvent, OutboundMessage
 from tests.conftest import TwilioWebhook, sms_form
 from tests.fakes.twilio_api import FakeTwilio
+from tests.helpers import count, settle
 
 PHONE = "+525512345678"
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
@@ -23,21 +21,6 @@ PUBLIC = "https://vereda.example.org"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def count(runtime, model, *where) -> int:  # type: ignore[no-untyped-def]
-    with runtime.factory() as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
-def settle(runtime, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    """Wait until the dispatcher has finished every outbox row that is due (nothing queued or sending)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if count(runtime, OutboundMessage, OutboundMessage.status.in_(["queued", "sending"])) == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the outbox did not drain")
 
 
 def inbound_bodies(runtime) -> list[str | None]:  # type: ignore[no-untyped-def]
@@ -57,26 +40,6 @@ def assert_no_effect(runtime, fake: FakeTwilio) -> None:  # type: ignore[no-unty
     time.sleep(0.3)  # a reply, had one been queued, would be on its way by now
     assert fake.messages == []
     assert fake.requests == 0
-
-
-@pytest.fixture
-def make_app(settings: Settings) -> Iterator[Callable[..., object]]:
-    """Build extra apps with changed settings (stopped and disposed afterwards)."""
-    from app import create_app
-
-    built = []
-
-    def make(**changes: object):  # type: ignore[no-untyped-def]
-        application = create_app(settings.with_(**changes))
-        application.config["TESTING"] = True
-        built.append(application)
-        return application
-
-    yield make
-    for application in built:
-        runtime = application.extensions["vereda"]
-        runtime.dispatcher.stop()
-        runtime.engine.dispose()
 
 
 # -- signatures ------------------------------------------------------------------------------------
@@ -362,16 +325,6 @@ def test_same_quiz_answer_twice_is_graded_once(twilio: TwilioWebhook, runtime, f
     with runtime.factory() as session:
         assert [(a.question, a.choice, a.correct) for a in session.scalars(select(Answer))] == [(0, 1, False)]
         assert session.scalars(select(Enrolment)).one().question == 1
-
-
-@pytest.fixture
-def live_server(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
 
 
 def _post_at_once(url: str, form: dict[str, str], signature: str, threads: int = 8) -> list[int]:

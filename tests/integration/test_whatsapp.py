@@ -16,7 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from bot.catalog import load_catalog
 from bot.channels.twilio import BODY_LIMIT
@@ -28,6 +28,8 @@ from bot.models import Answer, Enrolment, InboundMessage, Learner, LearnerAddres
 from scheduler import tick
 from tests.conftest import TwilioWebhook, sms_form
 from tests.fakes.twilio_api import Failure, FakeTwilio, Sent
+from tests.helpers import count
+from tests.helpers import settle_due as settle
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "whatsapp"
@@ -63,23 +65,6 @@ def wa(body: str, sender: str = WA, sid: str | None = None, **extra: str) -> dic
     wa_id = sender.removeprefix("whatsapp:+")
     return sms_form(sender, body, sid, ProfileName="María López", WaId=wa_id, MessageType="text",
                     ReferralNumMedia="0", **extra)
-
-
-def count(runtime, model, *where) -> int:  # type: ignore[no-untyped-def]
-    with runtime.factory() as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
-def settle(runtime, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    """Wait until the dispatcher has finished every outbox row that is due now."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = count(runtime, OutboundMessage, OutboundMessage.status.in_(["queued", "sending"]),
-                     OutboundMessage.next_attempt_at <= utcnow())
-        if busy == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the outbox did not drain")
 
 
 def since(fake: FakeTwilio, start: int) -> list[Sent]:
