@@ -372,6 +372,16 @@ def course_analysis(db: Session, course: Course) -> dict[str, Any]:
     return {"enrolled": int(enrolled), "funnel": funnel, "items": items, "stats": stats}
 
 
+@bp.get("/courses")
+@require_login("viewer")
+def courses() -> Any:
+    """Every course with its enrolments by state and passes, and every course folder that failed to load."""
+    runtime = _runtime()
+    with runtime.factory() as db:
+        stats = reports.course_stats(db, runtime.catalog)
+    return render_template("courses.html", stats=stats, problems=runtime.problems)
+
+
 @bp.get("/courses/<course_id>")
 @require_login("viewer")
 def course(course_id: str) -> Any:

@@ -86,6 +86,7 @@ GETS = [  # path, least role that may
     ("/learners", "viewer"),
     ("/learners/{learner}", "viewer"),
     ("/learners?channel=sms&opted_in=true", "viewer"),
+    ("/courses", "viewer"),
     (f"/courses/{COURSE}", "viewer"),
     ("/broadcasts", "viewer"),
     ("/broadcasts/{broadcast}", "viewer"),
@@ -495,3 +496,44 @@ def test_the_simulator_refuses_a_real_learners_address(app: Any, runtime: Runtim
                                           "csrf_token": token_of(client)})
     assert bad.status_code == 400
 
+
+
+def test_the_courses_page_lists_every_course_with_its_numbers_and_the_broken_ones(
+        settings: Any, tmp_path: Any) -> None:
+    """Counts equal course_stats (what the database holds); a course folder that failed to load is named,
+    escaped, so the operator sees it without reading the logs."""
+    import shutil
+
+    from bot import reports
+    from tests.conftest import LESSONS, _close, _testing_app
+
+    lessons = tmp_path / "lessons"
+    shutil.copytree(LESSONS, lessons)
+    broken = lessons / "roto<script>x"
+    broken.mkdir()
+    (broken / "course.yaml").write_text("title: [unclosed\n", encoding="utf-8")
+    app = _testing_app(settings.with_(lessons_dir=str(lessons)))
+    runtime: Runtime = app.extensions["vereda"]
+    try:
+        now = utcnow()
+        create_user(runtime.factory, "viewer@example.org", "viewer", PASSWORD, now)
+        learner_writes(runtime, "SEGURIDAD")
+        learner_writes(runtime, "RUTA", phone="+525512340002")
+        learner_writes(runtime, "PAUSA", phone="+525512340002")
+        client = app.test_client()
+        assert login(client, "viewer@example.org").status_code == 302
+        page = client.get("/courses").get_data(as_text=True)
+        with runtime.factory() as db:
+            stats = reports.course_stats(db, runtime.catalog)
+        assert {s["id"] for s in stats} == {"seguridad-humana", "ruta-segura"}
+        for course in stats:
+            row = page[page.index(f'id="course-{course["id"]}"'):]
+            row = row[:row.index("</tr>")]
+            for key in ("enrolled", "active", "paused", "finished", "passed"):
+                assert f'class="num {key}">{course["stats"][key]}<' in row, (course["id"], key, row)
+        assert [s["stats"]["paused"] for s in stats if s["id"] == "ruta-segura"] == [1]
+        assert 'href="/courses/seguridad-humana"' in page
+        assert "Course problems" in page and "roto&lt;script&gt;x" in page and "<script>x" not in page
+        assert 'href="/courses"' in page  # in the navigation
+    finally:
+        _close(runtime)
