@@ -83,3 +83,26 @@ def test_a_failed_send_stays_queued_for_the_dispatcher(served: tuple[str, Runtim
         time.sleep(0.01)
     assert (row.status, row.attempts, row.error_code) == ("queued", 1, "500")  # retried later, by the dispatcher
     assert row.next_attempt_at > row.created_at
+
+
+def test_with_the_dispatcher_off_the_web_process_only_queues(settings: Any, fake_twilio: FakeTwilio) -> None:
+    """VEREDA_DISPATCHER=off: replies wait in the outbox for a `vereda worker` (here: one dispatch pass)."""
+    from bot.dispatcher import utcnow
+    from tests.conftest import _close, _testing_app
+
+    app = _testing_app(settings.with_(dispatcher=False))
+    runtime: Runtime = app.extensions["vereda"]
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert post(f"http://127.0.0.1:{server.port}", settings, sms_form("+525512345670", "hola")).status_code == 200
+        time.sleep(0.5)
+        assert fake_twilio.messages == [] and runtime.dispatcher._thread is None
+        with runtime.factory() as session:
+            assert [r.status for r in session.scalars(select(OutboundMessage))] == ["queued"]
+        assert runtime.outbox.dispatch(utcnow).sent == 1  # what the worker's dispatcher does
+        assert len(fake_twilio.messages) == 1
+    finally:
+        server.shutdown()
+        _close(runtime)
