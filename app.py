@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 
 from flask import Flask
 
 from bot.auth import app_secret
 from bot.config import Settings
+from bot.logs import configure
 from bot.runtime import Runtime, build
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
     """The Flask app for `settings` (default: from the environment)."""
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure(settings.log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")
     app = Flask(__name__)
     runtime = runtime or build(settings)
     app.extensions["vereda"] = runtime

@@ -19,11 +19,11 @@ def _settings() -> Settings:
 
 
 def _runtime(settings: Settings, senders=None):  # type: ignore[no-untyped-def]
-    import logging
 
+    from bot.logs import configure
     from bot.runtime import build
 
-    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s %(message)s")
+    configure("WARNING", "%(levelname)s %(name)s %(message)s")
     return build(settings, senders)
 
 

@@ -17,6 +17,9 @@ MIGRATION_LOCK = 0x7665726564  # "vered": the advisory lock key that serialises 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and write-first transactions."""
+    # A database error's message would otherwise carry the statement's parameters (phone numbers, message
+    # texts) into every log line and traceback that shows it.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 

@@ -40,3 +40,47 @@ def test_an_inbound_message_survives_dropped_database_connections(runtime: Runti
     with runtime.factory() as session:
         assert session.scalar(select(func.count()).select_from(InboundMessage)) == 2
         assert session.scalar(select(func.count()).select_from(OutboundMessage)) >= 2
+
+
+def test_a_database_error_never_logs_a_phone_number_or_a_text(runtime: Runtime) -> None:
+    """A database error quoted in a log line or traceback: no statement parameters (hide_parameters), and the
+    value the database itself quotes back (PostgreSQL: "Key (phone)=(…) already exists") masked by the
+    formatter every Vereda log handler uses."""
+    import io
+    import logging
+
+    from sqlalchemy.exc import IntegrityError
+
+    from bot.logs import RedactingFormatter
+    from bot.models import Learner
+
+    hola(runtime)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s %(message)s"))
+    log = logging.getLogger("vereda.test")
+    log.addHandler(handler)
+    try:
+        with pytest.raises(IntegrityError) as raised, runtime.factory() as session, session.begin():
+            session.add(Learner(phone="+525512345678", language="es", reasks=0, created_at=utcnow(),
+                                pending="texto privado"))
+        assert "hidden due to hide_parameters" in str(raised.value)
+        assert "texto privado" not in str(raised.value)
+        try:
+            raise raised.value
+        except IntegrityError:
+            log.exception("storing a learner failed")
+    finally:
+        log.removeHandler(handler)
+    logged = stream.getvalue()
+    assert "storing a learner failed" in logged and "IntegrityError" in logged
+    assert "5512345678" not in logged and "texto privado" not in logged
+
+
+def test_redact_masks_phone_numbers_and_keeps_the_rest() -> None:
+    from bot.logs import redact
+
+    assert redact("Key (phone)=(+525512345678) already exists") == "Key (phone)=(+•••5678) already exists"
+    assert redact("chat 123456789 blocked") == "chat •••6789 blocked"
+    assert redact("2026-12-03 17:32:03,607 INFO inbound 42 from •••5678") == \
+        "2026-12-03 17:32:03,607 INFO inbound 42 from •••5678"

@@ -1,0 +1,37 @@
+"""Logging set-up: every line, tracebacks included, goes out with phone numbers masked.
+
+The code logs masked addresses only (identity.mask), but a database or provider error can quote a value back:
+PostgreSQL's "Key (phone)=(+52…) already exists", a provider's "invalid To number +52…". This formatter is the
+net under those: any run of 7 or more digits (with an optional +) keeps its last 4.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_NUMBER = re.compile(r"\+?\d[\d ]{5,}\d")
+
+
+def redact(text: str) -> str:
+    """`text` with every phone-number-like run of digits masked to its last four (+52•••5678)."""
+    def mask(match: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", match.group(0))
+        if len(digits) < 7:
+            return match.group(0)
+        return ("+" if match.group(0).startswith("+") else "") + "•••" + digits[-4:]
+
+    return _NUMBER.sub(mask, text)
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def configure(level: str, fmt: str) -> None:
+    """logging.basicConfig, then every root handler formats through RedactingFormatter."""
+    logging.basicConfig(level=level, format=fmt)
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler.formatter, RedactingFormatter):
+            handler.setFormatter(RedactingFormatter(fmt))
