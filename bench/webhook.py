@@ -40,6 +40,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import _data  # noqa: E402
 from tests.fakes.twilio_api import FakeTwilio  # noqa: E402
 
 # api.twilio.com keeps connections alive; the fake's handler (http.server's default HTTP/1.0) would make every
@@ -77,33 +78,10 @@ class TimedList(list):  # type: ignore[type-arg]
 
 
 # -- processes ------------------------------------------------------------------------------------------------
-_children: list[subprocess.Popen[bytes]] = []
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """Stop one gunicorn (its whole process group: master and workers), gently first."""
-    if proc.poll() is None:
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    if proc in _children:
-        _children.remove(proc)
-
-
-def _stop_all() -> None:
-    for proc in list(_children):
-        _stop(proc, timeout=5.0)
-
-
-def _on_sigterm(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+# Child processes in their own process groups, stopped gently then killed: bench/_data.py's, shared by every
+# benchmark (bench/telegram.py reaches them through this module's names).
+_children = _data._children
+_stop, _stop_all, _on_sigterm = _data.stop, _data.stop_all, _data.on_sigterm
 
 
 def free_port() -> int:
