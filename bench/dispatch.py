@@ -2,6 +2,7 @@
 
     python bench/dispatch.py [--backend sqlite|postgresql|both] [--n 20000] [--workers 1,3] [--fakes 0]
                              [--max-seconds 120] [--ceiling-seconds 5]
+    python bench/dispatch.py --sends 1000   # only: CPU per send, SDK over requests vs over urllib3, one process
 
 First the fake's own ceiling: FakeTwilio (tests/fakes/twilio_api.py) in its own process, answering raw keep-alive
 POSTs of a Messages.json form from 3 client processes (no Vereda, no database), for a few seconds.
@@ -140,6 +141,46 @@ def ceiling(seconds: float, clients: int = 3, connections: int = 2) -> list[str]
             f"{ok / seconds:,.0f}", "-", "-", "-", "-", f"{errors} errors"]
 
 
+# -- one process: CPU per send of the Twilio transports --------------------------------------------------------------
+def transports(sends: int) -> list[str]:
+    """CPU per `TwilioSender.send` in this process, `sends` each, with the SDK's own `requests` transport (as
+    before: proxy lookup once, keep-alive session) and with Vereda's PooledHttpClient (urllib3), to one fake."""
+    import requests.utils
+    from twilio.http.http_client import TwilioHttpClient
+    from twilio.rest import Client
+
+    from bot.channels.base import Outgoing
+    from bot.channels.twilio import TwilioSender
+
+    fakes = start_fakes(1)
+    url = fakes[0][1]
+    results = {}
+    try:
+        for name in ("requests (TwilioHttpClient)", "urllib3 (PooledHttpClient)"):
+            sender = TwilioSender(_data.settings_for("sqlite://", url))
+            if name.startswith("requests"):
+                http = TwilioHttpClient(timeout=10.0, proxy=requests.utils.get_environ_proxies(url))
+                assert http.session is not None
+                http.session.trust_env = False
+                sender.client = Client(_data.ACCOUNT_SID, _data.AUTH_TOKEN, http_client=http)
+                sender.client.api.base_url = url
+            messages = [Outgoing(id=i, channel="sms", to_address=f"+1555{i:07d}", from_address=None,
+                                 body="Lección de prueba: " + "x" * 120, buttons=()) for i in range(sends + 50)]
+            for message in messages[:50]:  # warm up: imports, the connection
+                assert sender.send(message).ok
+            started, cpu = time.perf_counter(), time.process_time()
+            ok = sum(sender.send(message).ok for message in messages[50:])
+            results[name] = (ok, time.process_time() - cpu, time.perf_counter() - started)
+    finally:
+        stop_fakes(fakes)
+    rows = []
+    for name, (ok, cpu, seconds) in results.items():
+        print(f"{name}: {ok}/{sends} sent, CPU {cpu / sends * 1000:.3f} ms per send, "
+              f"{sends / seconds:,.0f} sends/s in one thread", flush=True)
+        rows.append([name, f"{ok:,}", f"{cpu / sends * 1000:.3f}", f"{sends / seconds:,.0f}"])
+    return rows
+
+
 # -- a Vereda worker -----------------------------------------------------------------------------------------------
 def worker_main(url: str, twilio_url: str, max_seconds: float) -> None:
     """Build the runtime, wait for 'go' on stdin, dispatch until nothing is due, print what happened."""
@@ -227,6 +268,8 @@ def main() -> None:
     parser.add_argument("--fakes", type=int, default=0, help="fake Twilio processes (default: one per worker)")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="a worker stops sending after this")
     parser.add_argument("--ceiling-seconds", type=float, default=5.0, help="0 skips the fake's ceiling")
+    parser.add_argument("--sends", type=int, default=0,
+                        help="only measure CPU per send of the two Twilio transports, this many sends each")
     parser.add_argument("--fake", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -238,6 +281,14 @@ def main() -> None:
     if args.worker:
         return worker_main(args.worker[0], args.worker[1], float(args.worker[2]))
     _data.install_cleanup()
+    if args.sends:
+        try:
+            rows = transports(args.sends)
+        finally:
+            _data.stop_all()
+        print()
+        print(_data.table(["transport", "sent", "CPU ms/send", "sends/s (1 thread)"], rows))
+        return None
     rows = []
     try:
         if args.ceiling_seconds > 0:
