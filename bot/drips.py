@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,6 +85,7 @@ def due_enrolments(session: Session, now: datetime, limit: int) -> list[int]:
 
 PLAN_LIMIT = 5000  # enrolments one call (one scheduler tick) plans at most
 PLAN_BATCH = 1000  # enrolments per transaction
+PLAN_THREADS = 2  # PostgreSQL: batches planned side by side (each in its own transaction and connection)
 OUTBOX = Base.metadata.tables["outbound_messages"]
 ENROLMENTS = Base.metadata.tables["enrolments"]
 # The outbox columns that differ between a batch's rows; the others are the same for all (see _write).
@@ -160,20 +163,39 @@ def plan_drips(factory: sessionmaker[Session], ctx: conv.Context, senders: dict[
     """Queue the next lesson (or a reminder) of up to `limit` due enrolments, `batch` per transaction.
 
     Safe when several processes run it at once: each batch locks its enrolments (SKIP LOCKED on PostgreSQL;
-    SQLite writers are serial), so an enrolment is planned by one of them, once. Returns how many were planned.
+    SQLite writers are serial), so an enrolment is planned by one of them, once. On PostgreSQL two batches are
+    planned side by side, so that one's Python work overlaps the other's statements. Returns how many were
+    planned.
     """
-    planned = 0
     seen: list[int] = []  # enrolments read by this call: one left due (no address…) is not read again
     steps: dict[tuple[object, ...], _Step] = {}  # the conversation is pure: equal inputs, equal step
-    while len(seen) < limit:
-        size = min(batch, limit - len(seen))
-        with transaction(factory) as session:
-            read, done = _plan_batch(session, ctx, senders, size, seen, steps)
-        planned += done
-        seen += read
-        if len(read) < size:
-            break
-    return planned
+    lock = threading.Lock()
+    budget = {"reserved": 0, "finished": False}  # enrolments the running batches may read; nothing more due
+
+    def plan() -> int:
+        planned = 0
+        while True:
+            with lock:
+                if budget["finished"] or int(budget["reserved"]) >= limit:
+                    return planned
+                size = min(batch, limit - int(budget["reserved"]))
+                budget["reserved"] = int(budget["reserved"]) + size
+                skip = list(seen)
+            with transaction(factory) as session:
+                read, done = _plan_batch(session, ctx, senders, size, skip, steps)
+                with lock:  # before the commit: until then our locks hide these from the other batch anyway
+                    seen.extend(read)
+            planned += done
+            with lock:
+                budget["reserved"] = int(budget["reserved"]) - (size - len(read))
+                if len(read) < size:
+                    budget["finished"] = True
+
+    if factory.kw["bind"].dialect.name != "postgresql" or limit <= batch:
+        return plan()
+    with ThreadPoolExecutor(PLAN_THREADS, thread_name_prefix="vereda-plan") as pool:
+        running = [pool.submit(plan) for _ in range(PLAN_THREADS)]
+        return sum(future.result() for future in running)
 
 
 def _among(column: Any, values: list[Any], postgres: bool) -> Any:

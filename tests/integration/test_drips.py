@@ -478,6 +478,31 @@ def test_enrolments_that_cannot_be_served_do_not_block_the_others(rt: Runtime, f
     assert {d.phone for d in drips(rt)} == {MX, US}
 
 
+def test_batches_planned_side_by_side_plan_each_due_enrolment_once(rt: Runtime) -> None:
+    """On PostgreSQL two batches are planned at once (threads, SKIP LOCKED): 230 due enrolments in batches of 20
+    give 230 lessons, one each, and the count returned is theirs; with a limit, no more than it."""
+    t0 = at("2026-06-01 18:00")
+    with rt.factory() as session, session.begin():
+        for n in range(230):
+            phone = f"+52552222{n:04d}"
+            learner = Learner(phone=phone, language="es", reasks=0, created_at=t0, timezone=ZONES[MX])
+            session.add(learner)
+            session.flush()
+            session.add(LearnerAddress(learner_id=learner.id, channel="sms", address=phone, last_inbound_at=t0))
+            session.add(Enrolment(learner_id=learner.id, course_id=COURSE, channel="sms", position=0, question=None,
+                                  state="active", next_due_at=at("2026-06-02 15:00"), reminders=0, enrolled_at=t0))
+    due = at("2026-06-02 15:00")
+    assert plan_drips(rt.factory, rt.context(due), rt.senders, limit=50, batch=20) == 50
+    assert plan_drips(rt.factory, rt.context(due), rt.senders, batch=20) == 180
+    assert plan_drips(rt.factory, rt.context(due), rt.senders, batch=20) == 0
+    with rt.factory() as session:
+        keys = list(session.scalars(select(OutboundMessage.idempotency_key).where(OutboundMessage.kind == "lesson")))
+        moved = session.scalars(select(Enrolment.position)).all()
+    lessons = {key.rsplit(":", 2)[0] for key in keys}
+    assert len(lessons) == 230 and len(keys) == len(set(keys))
+    assert set(moved) == {1}
+
+
 # -- replies before bulk -----------------------------------------------------------------------------
 
 
