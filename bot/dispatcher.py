@@ -54,9 +54,19 @@ class Dispatcher:
         and wake the dispatcher for anything else (and for these, if the server never closes the response)."""
         if not self.enabled:
             return
-        if keys:
-            response.call_on_close(lambda: self.outbox.send_now(list(keys), self.clock))
-        self.wake()
+        if not keys:
+            self.wake()
+            return
+        self.ensure_started()  # it still sends everything else (retries, drips) within about a second
+        # The dispatcher is woken only for what this thread leaves (a send to retry, an earlier message of the
+        # learner in flight, a rate limit): waking it for every request would have it race this thread for the
+        # same rows, one more claim per message. A response never closed is found by its next idle pass (1 s).
+        response.call_on_close(lambda: self._send_now(keys))
+
+    def _send_now(self, keys: tuple[str, ...]) -> None:
+        done = self.outbox.send_now(list(keys), self.clock)
+        if done.sent < len(keys):
+            self.wake()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

@@ -23,7 +23,10 @@ def served(app: Any, settings: Any) -> Iterator[tuple[str, Runtime]]:
     """The app behind a real HTTP server (which closes every response, as gunicorn does), the dispatcher
     thread never woken: only the request's own thread can send."""
     runtime: Runtime = app.extensions["vereda"]
-    runtime.dispatcher.wake = lambda: None  # type: ignore[method-assign]
+    wakes: list[float] = []
+    runtime.dispatcher.wake = lambda: wakes.append(time.monotonic())  # type: ignore[method-assign]
+    runtime.dispatcher.ensure_started = lambda: None  # type: ignore[method-assign]
+    runtime.wakes = wakes  # type: ignore[attr-defined]
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -65,6 +68,7 @@ def test_replies_go_out_from_the_request_thread_in_order(served: tuple[str, Runt
     assert [r.status for r in rows] == ["sent"] * 3
     assert [r.provider_id for r in rows] == [m.sid for m in sent]  # in the order they were queued
     assert runtime.dispatcher._thread is None  # the dispatcher thread never ran
+    assert runtime.wakes == []  # nor was it woken: it would race this thread for the same rows  # type: ignore
 
 
 def test_a_failed_send_stays_queued_for_the_dispatcher(served: tuple[str, Runtime], settings: Any,
@@ -82,6 +86,10 @@ def test_a_failed_send_stays_queued_for_the_dispatcher(served: tuple[str, Runtim
             break
         time.sleep(0.01)
     assert (row.status, row.attempts, row.error_code) == ("queued", 1, "500")  # retried later, by the dispatcher
+    deadline = time.monotonic() + 5
+    while not runtime.wakes and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    assert len(runtime.wakes) == 1  # woken for the reply the request's thread could not send  # type: ignore
     assert row.next_attempt_at > row.created_at
 
 
