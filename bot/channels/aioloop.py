@@ -45,7 +45,13 @@ class LoopThread:
                 def run() -> None:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
-                    loop.run_forever()
+                    try:
+                        loop.run_forever()
+                    finally:  # stop(): release the loop's self-pipe and selector
+                        try:
+                            loop.run_until_complete(loop.shutdown_asyncgens())
+                        finally:
+                            loop.close()
 
                 threading.Thread(target=run, name=self.name, daemon=True).start()
                 ready.wait()

@@ -38,6 +38,7 @@ class FakeTelegram:
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
     next_message_id: int = 1000
+    proxied: list[str] = field(default_factory=list)  # absolute-form targets: requests sent to us as a proxy
 
     @property
     def base_url(self) -> str:
@@ -119,10 +120,15 @@ class FakeTelegram:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode()
                 prefix = f"/bot{fake.token}/"
-                if not self.path.startswith(prefix):
+                path = self.path
+                if "://" in path:  # `POST http://host/bot…/method`: the client takes us for its HTTP proxy
+                    with fake.lock:
+                        fake.proxied.append(path)
+                    path = "/" + path.split("://", 1)[1].partition("/")[2]
+                if not path.startswith(prefix):
                     status, body = 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
                 else:
-                    method = self.path[len(prefix):].split("?")[0]
+                    method = path[len(prefix):].split("?")[0]
                     status, body = fake._answer(method, _params(raw, self.headers.get("Content-Type", "")))
                 data = json.dumps(body).encode()
                 self.send_response(status)
