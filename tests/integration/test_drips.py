@@ -478,20 +478,24 @@ def test_enrolments_that_cannot_be_served_do_not_block_the_others(rt: Runtime, f
     assert {d.phone for d in drips(rt)} == {MX, US}
 
 
-def test_batches_planned_side_by_side_plan_each_due_enrolment_once(rt: Runtime) -> None:
-    """On PostgreSQL two batches are planned at once (threads, SKIP LOCKED): 230 due enrolments in batches of 20
-    give 230 lessons, one each, and the count returned is theirs; with a limit, no more than it."""
-    t0 = at("2026-06-01 18:00")
+def due_sms_learners(rt: Runtime, phones: list[str]) -> datetime:
+    """SMS learners of COURSE (Mexico City) who had lesson 1 on 1 June and are due lesson 2: when it is due."""
+    t0, due = at("2026-06-01 18:00"), at("2026-06-02 15:00")
     with rt.factory() as session, session.begin():
-        for n in range(230):
-            phone = f"+52552222{n:04d}"
+        for phone in phones:
             learner = Learner(phone=phone, language="es", reasks=0, created_at=t0, timezone=ZONES[MX])
             session.add(learner)
             session.flush()
             session.add(LearnerAddress(learner_id=learner.id, channel="sms", address=phone, last_inbound_at=t0))
             session.add(Enrolment(learner_id=learner.id, course_id=COURSE, channel="sms", position=0, question=None,
-                                  state="active", next_due_at=at("2026-06-02 15:00"), reminders=0, enrolled_at=t0))
-    due = at("2026-06-02 15:00")
+                                  state="active", next_due_at=due, reminders=0, enrolled_at=t0))
+    return due
+
+
+def test_batches_planned_side_by_side_plan_each_due_enrolment_once(rt: Runtime) -> None:
+    """On PostgreSQL two batches are planned at once (threads, SKIP LOCKED): 230 due enrolments in batches of 20
+    give 230 lessons, one each, and the count returned is theirs; with a limit, no more than it."""
+    due = due_sms_learners(rt, [f"+52552222{n:04d}" for n in range(230)])
     assert plan_drips(rt.factory, rt.context(due), rt.senders, limit=50, batch=20) == 50
     assert plan_drips(rt.factory, rt.context(due), rt.senders, batch=20) == 180
     assert plan_drips(rt.factory, rt.context(due), rt.senders, batch=20) == 0
@@ -509,16 +513,7 @@ def test_batches_planned_side_by_side_plan_each_due_enrolment_once(rt: Runtime) 
 def test_replies_go_before_drips(rt: Runtime, fake_twilio: FakeTwilio) -> None:
     """A help reply queued after 240 drip messages is claimed first, so it does not wait behind them."""
     learners = [f"+52551111{n:04d}" for n in range(120)]
-    t0 = at("2026-06-01 18:00")
-    with rt.factory() as session, session.begin():  # 120 learners whose lesson 2 is due
-        for phone in learners:
-            learner = Learner(phone=phone, language="es", reasks=0, created_at=t0, timezone=ZONES[MX])
-            session.add(learner)
-            session.flush()
-            session.add(LearnerAddress(learner_id=learner.id, channel="sms", address=phone, last_inbound_at=t0))
-            session.add(Enrolment(learner_id=learner.id, course_id=COURSE, channel="sms", position=0, question=None,
-                                  state="active", next_due_at=at("2026-06-02 15:00"), reminders=0, enrolled_at=t0))
-    due = at("2026-06-02 15:00")
+    due = due_sms_learners(rt, learners)  # 120 learners whose lesson 2 is due
     assert plan_drips(rt.factory, rt.context(due), rt.senders) == 120  # 240 bulk messages waiting
     asker = learners[-1]
     say(rt, asker, "AYUDA", due + timedelta(seconds=30))  # queued after them
