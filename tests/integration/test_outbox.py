@@ -290,3 +290,155 @@ def test_webhook_answers_fast_even_when_twilio_is_slow(twilio: TwilioWebhook, fa
     response = twilio.sms("+525512340009", "hola")
     assert response.status_code == 200
     assert time.monotonic() - started < 1.0
+
+
+# -- results recorded together ---------------------------------------------------------------------
+
+
+def commits(runtime) -> list[int]:  # type: ignore[no-untyped-def]
+    """A list that grows by one at every COMMIT on the runtime's engine."""
+    from sqlalchemy import event
+
+    seen: list[int] = []
+    event.listen(runtime.engine, "commit", lambda _connection: seen.append(1))
+    return seen
+
+
+def test_mixed_results_are_recorded_in_one_transaction(runtime, fake_twilio: FakeTwilio) -> None:
+    from bot.channels.base import SendResult
+    from bot.outbox import _outcome
+
+    queue(runtime, "SEGURIDAD")  # PHONE: three rows
+    phones = ["+525512340001", "+525512340002", "+525512340003", "+525512340004"]
+    for phone in phones:
+        queue(runtime, "hola", phone=phone)
+    outbox: Outbox = runtime.outbox
+    claimed = outbox.claim(T0)
+    by_phone: dict[str, list] = {}
+    for message in claimed:
+        by_phone.setdefault(message.to_address, []).append(message)
+    first, *later = by_phone[PHONE]
+    assert len(later) == 2
+    results = {
+        first.id: SendResult(False, error_code="21610", error_message="unsubscribed", opt_out=True),
+        by_phone[phones[0]][0].id: SendResult(True, provider_id="SMok"),
+        by_phone[phones[1]][0].id: SendResult(False, error_code="500", error_message="boom", retry=True),
+        by_phone[phones[2]][0].id: SendResult(False, error_code="21211", error_message="bad", invalid_address=True),
+        by_phone[phones[3]][0].id: SendResult(True, provider_id="SMgone"),
+    }
+    with runtime.factory() as session, session.begin():  # erased while it was being sent
+        session.execute(OutboundMessage.__table__.delete().where(OutboundMessage.id == by_phone[phones[3]][0].id))
+    entries = [_outcome(m, results[m.id], T0) for m in claimed if m.id in results]
+    seen = commits(runtime)
+    outbox._write(entries)
+    assert len(seen) == 1
+    assert [e.status for e in entries] == ["failed", "sent", "queued", "failed", "gone"]
+    status = {(r.to_address, r.id): r for r in rows(runtime)}
+    got = {key[0]: [] for key in status}
+    for (phone, _id), row in sorted(status.items(), key=lambda item: item[0][1]):
+        got[phone].append(row.status)
+    # the opt-out cancelled what still waited for PHONE (its two later rows are still claimed: `sending`)
+    assert got[PHONE][0] == "failed" and opted_out_at(runtime) == T0
+    assert got[phones[0]] == ["sent"] and got[phones[1]] == ["queued"] and got[phones[2]] == ["failed"]
+    assert phones[3] not in got
+    sent_row = next(r for r in status.values() if r.to_address == phones[0])
+    assert (sent_row.provider_id, sent_row.claim_token) == ("SMok", None)
+    retried = next(r for r in status.values() if r.to_address == phones[1])
+    assert retried.next_attempt_at > T0 and events(runtime, retried.id) == [("retry", "500")]
+    assert events(runtime, first.id) == [("failed", "21610")]
+    assert events(runtime, sent_row.id) == [("sent", None)]
+
+
+def test_a_batch_with_mixed_results_keeps_every_rule(runtime, fake_twilio: FakeTwilio) -> None:
+    """Through dispatch: failures in one learner's sequence hold back or cancel that learner's later rows only."""
+    queue(runtime, "SEGURIDAD")  # PHONE: three rows
+    stop_phone = "+525512340009"
+    queue(runtime, "SEGURIDAD", phone=stop_phone)
+    others = [f"+52551234{n:04d}" for n in range(10, 16)]
+    for phone in others:
+        queue(runtime, "hola", phone=phone)
+    # every request fails at first, whichever learner's it is: 500, 21610, then the rest go through
+    fake_twilio.fail_next(Failure(500), Failure(400, 21610))
+    done = runtime.outbox.dispatch(fixed(T0))
+    by_phone: dict[str, list[str]] = {}
+    for row in rows(runtime):
+        by_phone.setdefault(row.to_address, []).append(row.status)
+    assert done.total() == done.sent + done.retried + done.failed + done.skipped
+    assert (done.retried, done.failed) == (1, 1)
+    statuses = sorted(by_phone.values())
+    # one learner's first row is queued for retry with its later rows behind it; one is opted out and its
+    # later rows cancelled; every other row is sent
+    retried = [s for s in statuses if s[0] == "queued"]
+    stopped = [s for s in statuses if s[0] == "failed"]
+    assert len(retried) == 1 and len(stopped) == 1
+    assert all(x == "queued" for x in retried[0]) and all(x == "cancelled" for x in stopped[0][1:])
+    assert sum(s.count("sent") for s in statuses) == done.sent == len(fake_twilio.messages)
+    with runtime.factory() as session:
+        for row in session.scalars(select(OutboundMessage)):
+            assert row.claim_token is None and row.status != "sending"
+            history = [e.status for e in session.scalars(select(MessageEvent).where(MessageEvent.message_id == row.id))]
+            assert history.count("sent") == (row.status == "sent")
+
+
+def test_the_replies_of_one_message_are_recorded_in_one_transaction(runtime, fake_twilio: FakeTwilio) -> None:
+    received = queue(runtime, "SEGURIDAD")
+    assert len(received.reply_keys) == 3
+    seen = commits(runtime)
+    done = runtime.outbox.send_now(list(received.reply_keys), fixed(T0))
+    assert done.sent == 3
+    assert len(seen) == 2  # the claim, then the three results
+    assert [r.status for r in rows(runtime)] == ["sent"] * 3
+    assert [r.provider_id for r in rows(runtime)] == [m.sid for m in fake_twilio.messages]
+
+
+def test_a_reply_that_fails_holds_back_the_rest_of_the_request(runtime, fake_twilio: FakeTwilio) -> None:
+    received = queue(runtime, "SEGURIDAD")
+    fake_twilio.fail_next(Failure(500))
+    done = runtime.outbox.send_now(list(received.reply_keys), fixed(T0))
+    assert (done.sent, done.retried) == (0, 1)
+    [first, *rest] = rows(runtime)
+    assert (first.status, first.attempts, first.error_code) == ("queued", 1, "500")
+    assert [(r.status, r.attempts, r.next_attempt_at) for r in rest] == [("queued", 0, first.next_attempt_at)] * 2
+    assert fake_twilio.requests == 1
+
+
+def test_results_of_concurrent_senders_share_a_transaction(runtime, fake_twilio: FakeTwilio) -> None:
+    """Group commit: while one thread's write waits for the database, results handed in meanwhile queue up
+    and are written together, in one transaction, once it is through; each caller returns once its own is."""
+    import threading
+
+    from bot.channels.base import SendResult
+    from bot.outbox import _outcome
+
+    phones = ["+525512340001", "+525512340002", "+525512340003"]
+    for phone in phones:
+        queue(runtime, "hola", phone=phone)
+    outbox: Outbox = runtime.outbox
+    claimed = outbox.claim(T0)
+    assert len(claimed) == 3
+    entries = [_outcome(m, SendResult(True, provider_id=f"SM{m.id}"), T0) for m in claimed]
+
+    def wait(condition) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    seen = commits(runtime)
+    threads = [threading.Thread(target=outbox._journal, args=([entry],)) for entry in entries]
+    with runtime.factory() as session, session.begin():  # another writer holds the first row (the SQLite lock)
+        session.execute(update(OutboundMessage).where(OutboundMessage.id == claimed[0].id)
+                        .values(updated_at=T0))
+        session.flush()
+        threads[0].start()
+        wait(lambda: outbox._journal_busy)  # the first write is waiting for the database
+        threads[1].start()
+        threads[2].start()
+        wait(lambda: len(outbox._journal_pending) == 2)
+        assert not any(entry.done for entry in entries)
+    for thread in threads:
+        thread.join(10)
+    assert all(entry.done and entry.status == "sent" for entry in entries)
+    assert len(seen) == 3  # the other writer's, the first result's, then the other two together
+    assert {r.provider_id for r in rows(runtime)} == {f"SM{m.id}" for m in claimed}
+    assert all(events(runtime, m.id) == [("sent", None)] for m in claimed)
