@@ -137,8 +137,8 @@ def seed(engine: Engine, catalog: Any, n: int, answers: int, outbox: int, now: d
     keep = min(1000, -(-1000 * answers // max(possible, 1)) + 5)  # per mille of enrolments that answered
     run(engine, f"""
         WITH {_slots(catalog)}
-        INSERT INTO answers (enrolment_id, lesson, question, choice, correct, answered_at)
-        SELECT e.id, s.lesson, s.question,
+        INSERT INTO answers (enrolment_id, course_id, lesson, question, choice, correct, answered_at)
+        SELECT e.id, e.course_id, s.lesson, s.question,
                CASE WHEN (e.id * 31 + s.k * 17) % 10 < 7 THEN s.answer
                     ELSE (s.answer + (e.id + s.k) % (s.options - 1)) % s.options + 1 END,
                (e.id * 31 + s.k * 17) % 10 < 7,

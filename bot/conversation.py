@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time
 
 from bot.courses import Catalog, Course, Lesson, Question
-from bot.keywords import CONFIRM_WORDS, Intent, normalise, parse_choice, parse_command, parse_keyword
+from bot.keywords import CONFIRM_WORDS, GREETINGS, Intent, normalise, parse_choice, parse_command, parse_keyword
 from bot.messages import WEEKDAY_NAMES, gsm_friendly, say
 from bot.schedule import describe_when, next_lesson_at
 
@@ -130,7 +130,8 @@ class Turn:
             return self.effects
         no_text = not text.strip() and self.inbound.choice is None and self.inbound.course_start is None
         if no_text or (self.inbound.media_count and intent is None):
-            self._media_only()  # media (even with a caption) is acknowledged, never graded
+            # Media (even with a caption) is acknowledged, never graded; so is a message with nothing in it.
+            self._media_only("media_only" if self.inbound.media_count else "empty")
             return self.effects
         if self.inbound.ref is not None and not self._button_is_current():
             return self.effects  # a press on an old question, or a second press: it counts once
@@ -147,6 +148,8 @@ class Turn:
             pass
         elif start is not None:  # Telegram /start without a known course, also mid-quiz: never an answer
             self._menu(welcome=True)
+        elif self.learner.enrolments and not self.learner.is_new and self._greeting(text):
+            pass
         elif self._awaiting_answer():
             self._answer(text)
         elif self.learner.is_new or not self.learner.enrolments or start is not None:
@@ -304,6 +307,8 @@ class Turn:
             self.reply(self.say("finish_quiz_first"))
             self._send_question(course, enrolment)
         else:
+            if enrolment.state == "paused":  # asking for a lesson ends the pause: say so
+                self.reply(self.say("resumed"))
             enrolment.state = "active"
             enrolment.channel = self.inbound.channel
             self._deliver(course, enrolment, enrolment.position + 1)
@@ -356,8 +361,24 @@ class Turn:
     def _send_question(self, course: Course, enrolment: EnrolmentState) -> None:
         send_question(self.learner, course, enrolment, self.inbound.channel, self.effects.replies)
 
-    def _media_only(self) -> None:
-        self.reply(self.say("media_only"))
+    def _greeting(self, text: str) -> bool:
+        """A learner in a course says hello: where they are (the open question), never a wrong answer."""
+        if normalise(text) not in GREETINGS:
+            return False
+        if self._awaiting_answer():
+            course, enrolment = self.current()  # type: ignore[misc]
+            assert enrolment.question is not None
+            options = course.lessons[enrolment.position].quiz[enrolment.question].options
+            if parse_choice(text, [o[self.lang_for(course)] for o in options]) is not None:
+                return False  # an option that reads like a greeting is an answer
+            self.reply(self.say("greeting_question"))
+            self._send_question(course, enrolment)
+            return True
+        self.reply(self.say("greeting_back"))
+        return True
+
+    def _media_only(self, key: str = "media_only") -> None:
+        self.reply(self.say(key))
         if self._awaiting_answer():
             self._send_question(*self.current())  # type: ignore[misc]
         elif not self.learner.enrolments:

@@ -59,6 +59,9 @@ COMMANDS: dict[str, Intent] = {
     "/delete": Intent.DELETE,
 }
 
+# A greeting from someone already in a course: not a keyword, but no "I did not understand" either.
+GREETINGS = frozenset({"HOLA", "OLA", "BUENAS", "BUENOS DIAS", "BUENAS TARDES", "BUENAS NOCHES", "HI", "HELLO",
+                       "HEY", "GOOD MORNING", "GOOD AFTERNOON", "GOOD EVENING"})
 CONFIRM_WORDS = frozenset({"SI", "YES", "CONFIRMAR", "CONFIRM", "BORRAR", "DELETE"})
 
 _PUNCT_OR_SPACE = re.compile(r"[\W_]+", re.UNICODE)

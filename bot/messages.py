@@ -53,6 +53,18 @@ TEXTS: dict[str, dict[str, str]] = {
         "es": "Responde 1-{count}, o escribe AYUDA.",
         "en": "Reply 1-{count}, or send HELP.",
     },
+    "empty": {
+        "es": "Tu mensaje llegó vacío.",
+        "en": "Your message arrived empty.",
+    },
+    "greeting_back": {
+        "es": "¡Hola de nuevo! Escribe SIGUIENTE para la próxima lección, ESTADO para tu progreso o AYUDA.",
+        "en": "Hello again! Send NEXT for the next lesson, STATUS for your progress or HELP.",
+    },
+    "greeting_question": {
+        "es": "¡Hola de nuevo! Te espera esta pregunta:",
+        "en": "Hello again! This question is waiting for you:",
+    },
     "media_only": {
         "es": "Recibí tu archivo, pero solo puedo leer texto.",
         "en": "I got your file, but I can only read text.",
@@ -127,10 +139,9 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "language_set": {"es": "Listo: te escribiré en español.", "en": "Done: I will write in English."},
     "delete_ask": {
-        "es": "¿Borrar todos tus datos (progreso, respuestas y mensajes)? Responde SI para confirmar. "
-        "Cualquier otra respuesta cancela.",
-        "en": "Erase all your data (progress, answers and messages)? Reply YES to confirm. "
-        "Any other reply cancels.",
+        "es": "¿Borrar todos tus datos (progreso, respuestas y mensajes)? Responde SI para borrarlos o NO para "
+        "conservarlos.",
+        "en": "Erase all your data (progress, answers and messages)? Reply YES to erase them or NO to keep them.",
     },
     "delete_done": {
         "es": "Tus datos fueron borrados. Si vuelves a escribir, empezarás de cero.",

@@ -210,8 +210,9 @@ def save_state(connection: Connection, learner: LearnerRow, state: conv.LearnerS
             row.update(differ)
     if effects.graded:
         connection.execute(INSERT_ANSWERS, [
-            {"enrolment_id": learner.enrolments[g.course_id]["id"], "lesson": g.lesson, "question": g.question,
-             "choice": g.choice, "correct": g.correct, "answered_at": now} for g in effects.graded])
+            {"enrolment_id": learner.enrolments[g.course_id]["id"], "course_id": g.course_id, "lesson": g.lesson,
+             "question": g.question, "choice": g.choice, "correct": g.correct, "answered_at": now}
+            for g in effects.graded])
     if effects.opted_out:
         opt_out(connection, learner.id, now, by="keyword")
 

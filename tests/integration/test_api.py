@@ -65,8 +65,8 @@ def add_learner(runtime: Runtime, *, phone: str | None = None, chat: int | None 
             session.flush()
             quiz = [(n, q) for n, lesson in enumerate(runtime.catalog.get(course).lessons)  # type: ignore[union-attr]
                     for q in range(len(lesson.quiz))]
-            session.add_all([Answer(enrolment_id=enrolment.id, lesson=n, question=q, choice=1, correct=i < right,
-                                    answered_at=last_inbound + timedelta(minutes=i))
+            session.add_all([Answer(enrolment_id=enrolment.id, course_id=course, lesson=n, question=q, choice=1,
+                                    correct=i < right, answered_at=last_inbound + timedelta(minutes=i))
                              for i, (n, q) in enumerate(quiz[:answered])])
         session.add_all([LearnerTag(learner_id=learner.id, tag=tag) for tag in tags])
         return learner.id

@@ -838,6 +838,16 @@ def test_answering_while_paused_resumes() -> None:
     assert chat.enrolment.state == "active"
 
 
+def test_next_while_paused_sends_the_lesson_and_says_the_pause_is_over() -> None:
+    chat = enrolled()
+    chat.send("2")
+    chat.send("1")
+    chat.send("PAUSA")
+    texts = chat.texts("SIGUIENTE")
+    assert texts[0] == "Lecciones diarias activadas de nuevo."
+    assert len(texts) > 1 and chat.enrolment.position == 1 and chat.enrolment.state == "active"
+
+
 def test_pause_without_a_course() -> None:
     assert Chat().texts("PAUSA") == ["Aún no estás en ningún curso."]
 
@@ -847,6 +857,43 @@ def test_pause_keeps_a_finished_course_finished() -> None:
     finish(chat, ("2", "1", "2"))
     chat.send("PAUSA")
     assert chat.enrolment.state == "finished"
+
+
+@pytest.mark.parametrize("hello", ["hola", "Hola!", "buenas tardes", "Hello", "¡Buenos días!"])
+def test_a_greeting_from_an_enrolled_learner_says_how_to_go_on(hello: str) -> None:
+    chat = enrolled()
+    chat.send("2")
+    chat.send("1")
+    assert chat.texts(hello) == [
+        "¡Hola de nuevo! Escribe SIGUIENTE para la próxima lección, ESTADO para tu progreso o AYUDA."]
+
+
+def test_a_greeting_with_a_question_open_asks_it_again_and_counts_nothing() -> None:
+    chat = enrolled()
+    asked = chat.history[-1].replies[-1]
+    effects = chat.send("hola")
+    assert [r.text for r in effects.replies] == ["¡Hola de nuevo! Te espera esta pregunta:", asked.text]
+    assert effects.graded == [] and chat.state.reasks == 0
+    assert chat.send("2").graded == [Graded("seguridad", 0, 0, 2, True)]
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\n"])
+def test_an_empty_message_is_not_called_a_file(blank: str) -> None:
+    chat = enrolled()
+    asked = chat.history[-1].replies[-1]
+    effects = chat.send(blank)
+    assert [r.text for r in effects.replies] == ["Tu mensaje llegó vacío.", asked.text]
+    assert effects.graded == []
+
+
+def test_the_delete_prompt_does_not_invite_an_opt_out_word() -> None:
+    """CANCELAR and CANCEL opt out (PRODUCT.md): the confirmation must not suggest cancelling."""
+    for language in ("es", "en"):
+        words = {w.strip(".,?¿!").upper() for w in TEXTS["delete_ask"][language].split()}
+        assert not words & {"CANCELAR", "CANCELA", "CANCEL", "CANCELS", "STOP", "BAJA"}
+    chat = enrolled()
+    chat.send("BORRAR")
+    assert chat.texts("NO") == ["No se borró nada."]
 
 
 def test_something_unknown_from_an_enrolled_learner() -> None:
