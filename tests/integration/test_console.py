@@ -347,7 +347,7 @@ def test_course_statistics_equal_what_the_database_holds(runtime: Runtime) -> No
                                            choice=choice, correct=correct, answered_at=now))
             # and twice over, a simulated learner (console transport) who finished and answered everything with
             # the last wrong option: not counted anywhere (the item analysis takes their answers back out)
-            for twin in range(2):
+            for _twin in range(2):
                 n += 1
                 learner = Learner(phone=f"+5255000{n:05d}", language="es", reasks=0, created_at=now)
                 session.add(learner)
