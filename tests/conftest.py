@@ -161,7 +161,7 @@ def rt(make_runtime: Callable[..., Runtime]) -> Runtime:
 def live_server(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The test app served on a local port, in a thread."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()

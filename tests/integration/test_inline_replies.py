@@ -28,7 +28,7 @@ def served(app: Any, settings: Any) -> Iterator[tuple[str, Runtime]]:
     runtime.dispatcher.ensure_started = lambda: None  # type: ignore[method-assign]
     runtime.wakes = wakes  # type: ignore[attr-defined]
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.port}", runtime
     server.shutdown()
@@ -101,7 +101,7 @@ def test_with_the_dispatcher_off_the_web_process_only_queues(settings: Any, fake
     app = _testing_app(settings.with_(dispatcher=False))
     runtime: Runtime = app.extensions["vereda"]
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         assert post(f"http://127.0.0.1:{server.port}", settings, sms_form("+525512345670", "hola")).status_code == 200
