@@ -175,7 +175,7 @@ Q2 = COURSE.lessons[0].quiz[1]  # the open question when each fixture arrives (i
 RIGHT = say("right", "es") + " " + Q2.explain["es"].strip()
 
 EFFECTS: dict[str, Effect] = {
-    "text": Effect(True, first_reply=say("reask", "es", count=3)),
+    "text": Effect(True, first_reply=say("greeting_question", "es")),  # "hola" mid-quiz
     "text_answer": Effect(True, graded=True, first_reply=RIGHT),
     "start_course": Effect(True, first_reply=say("already_enrolled", "es", course=COURSE.title["es"], position=1,
                                                  total=len(COURSE.lessons))),

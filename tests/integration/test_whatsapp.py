@@ -180,7 +180,7 @@ WELCOME = numbered(say("welcome", "es", "whatsapp"),
                    [c.title["es"] for c in CATALOG.courses if "whatsapp" in c.channels])
 
 EFFECTS: dict[str, Effect] = {
-    "text": Effect(True, first_reply=say("reask", "es", "whatsapp", count=3)),
+    "text": Effect(True, first_reply=say("greeting_question", "es", "whatsapp")),  # "hola" mid-quiz
     "text_answer": Effect(True, graded=(0, 2, 3, True), first_reply=feedback(Q3, True)),
     "button_reply": Effect(True, graded=(0, 2, 3, True), first_reply=feedback(Q3, True), replied_to="open"),
     "button_reply_stale": Effect(False, replied_to="first"),
