@@ -81,6 +81,7 @@ def lessons_check(directory: str | None) -> None:
 def chat(channel: str, address: str | None) -> None:
     """Talk to the bot in the terminal as a learner; no provider needed. End with Ctrl-D."""
     from bot.channels.console import ConsoleSender
+    from bot.channels.telegram import split_start
     from bot.dispatcher import utcnow
     from bot.identity import BadAddress
     from bot.outbox import Outbox
@@ -108,8 +109,9 @@ def chat(channel: str, address: str | None) -> None:
             break
         if not interactive:
             click.echo(f"\ntú> {line}")
-        envelope = Envelope(channel=channel, provider_id=f"chat-{uuid.uuid4().hex}", address=address, text=line,
-                            telegram_chat_id=chat_id)
+        start, text = split_start(line) if channel == "telegram" else (None, line)  # as the webhook reads it
+        envelope = Envelope(channel=channel, provider_id=f"chat-{uuid.uuid4().hex}", address=address, text=text,
+                            telegram_chat_id=chat_id, course_start=start)
         try:
             receive(runtime.factory, envelope, runtime.context(utcnow()), runtime.senders, transport="console")
         except BadAddress as error:

@@ -10,6 +10,8 @@ from bot.keywords import CONFIRM_WORDS, GREETINGS, Intent, normalise, parse_choi
 from bot.messages import WEEKDAY_NAMES, gsm_friendly, say
 from bot.schedule import describe_when, next_lesson_at
 
+LANGUAGE_CHOICES = ("Español", "English")
+
 
 @dataclass
 class Inbound:
@@ -173,7 +175,7 @@ class Turn:
     def _button_is_current(self) -> bool:
         ref = self.inbound.ref
         if ref == "menu" or ref == "lang":
-            return self.learner.pending == ("menu" if ref == "menu" else "language")
+            return self.learner.pending in (("menu",) if ref == "menu" else ("language", "language_again"))
         found = self.current()
         if found is None or found[1].question is None:
             return False
@@ -184,7 +186,7 @@ class Turn:
     def _keyword(self, intent: Intent, _language: str | None) -> None:
         self.learner.pending = None
         if intent is Intent.HELP:
-            self.reply(self.say("help"))
+            self.reply(self.say("help_telegram" if self.inbound.channel == "telegram" else "help"))
         elif intent in (Intent.MENU, Intent.OPT_IN):
             self._menu(welcome=False)
         elif intent is Intent.NEXT:
@@ -197,7 +199,7 @@ class Turn:
             self._set_language("es" if intent is Intent.LANG_ES else "en")
         elif intent is Intent.LANGUAGE:
             self.learner.pending = "language"
-            self.reply(self.say("language_ask"), ("Español", "English"), ref="lang")
+            self.reply(self.say("language_ask"), LANGUAGE_CHOICES, ref="lang")
         elif intent is Intent.DELETE:
             self.learner.pending = "delete"
             self.reply(self.say("delete_ask"))
@@ -213,16 +215,21 @@ class Turn:
             else:
                 self.reply(self.say("delete_cancelled"))
             return True
-        if pending == "language":
-            choice = self.inbound.choice or parse_choice(text, ["Español", "English"])
-            if word in {"ES", "SPANISH", "CASTELLANO"}:
+        if pending in ("language", "language_again"):
+            choice = self.inbound.choice or parse_choice(text, list(LANGUAGE_CHOICES))
+            if word in {"ES", "SPANISH", "CASTELLANO", "ESPANOL"}:
                 choice = 1
             elif word in {"EN", "INGLES"}:
                 choice = 2
             if choice in (1, 2):
                 self._set_language("es" if choice == 1 else "en")
                 return True
-            return False
+            if pending == "language" and intent is None:  # a slip right after the choice: asked once more
+                self.learner.pending = "language_again"
+                self.reply(f"{self.say('reask', count=2)}\n{self.say('language_ask')}", LANGUAGE_CHOICES,
+                           ref="lang")
+                return True
+            return False  # a keyword, or a second miss: handled as usual
         if pending == "menu":
             self.learner.pending = "menu"  # kept until a course is chosen or something else happens
         return False
@@ -319,10 +326,11 @@ class Turn:
             self.reply(self.say("nothing_enrolled"))
             return
         course, enrolment = found
+        was_active = enrolment.state == "active"
         if enrolment.state != "finished":
             enrolment.state = "paused" if pause else "active"
             enrolment.reminders = 0
-        self.reply(self.say("paused" if pause else "resumed"))
+        self.reply(self.say("paused" if pause else "already_active" if was_active else "resumed"))
         if pause or enrolment.state == "finished":
             return
         if enrolment.question is not None:

@@ -24,6 +24,14 @@ TEXTS: dict[str, dict[str, str]] = {
         "PAUSE / RESUME (daily lessons), ES (español), DELETE (erase your data), "
         "STOP (no more messages).",
     },
+    "help_telegram": {
+        "es": "Comandos: /next (próxima lección), /status (tu progreso), /menu (cursos), "
+        "/pause y /resume (lecciones diarias), /lang (idioma), /delete (borrar tus datos), "
+        "/stop (no recibir más mensajes). También puedes escribir SIGUIENTE, ESTADO o AYUDA.",
+        "en": "Commands: /next (next lesson), /status (your progress), /menu (courses), "
+        "/pause and /resume (daily lessons), /lang (language), /delete (erase your data), "
+        "/stop (no more messages). You can also write NEXT, STATUS or HELP.",
+    },
     "enrolled": {
         "es": "Te inscribiste en «{course}». Aquí va la lección 1 de {total}.",
         "en": "You enrolled in “{course}”. Here is lesson 1 of {total}.",
@@ -128,6 +136,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "o BAJA para no recibir más mensajes.",
         "en": "We paused “{course}” after 3 days without an answer. Send RESUME to continue or STOP to "
         "receive no more messages.",
+    },
+    "already_active": {
+        "es": "Tus lecciones diarias ya están activas.",
+        "en": "Your daily lessons are already on.",
     },
     "resumed": {
         "es": "Lecciones diarias activadas de nuevo.",

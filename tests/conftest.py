@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 from twilio.request_validator import RequestValidator
 from werkzeug.serving import make_server
@@ -19,6 +20,7 @@ from bot.config import Settings
 from bot.runtime import Runtime, build
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.twilio_api import FakeTwilio
+from tests.helpers import SETTINGS_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = ROOT / "lessons"
@@ -211,3 +213,42 @@ def twilio(client, settings: Settings) -> TwilioWebhook:  # type: ignore[no-unty
 def at(text_: str) -> datetime:
     """An aware UTC datetime from 'YYYY-MM-DD HH:MM' (tests)."""
     return datetime.fromisoformat(text_).replace(tzinfo=UTC)
+
+
+@pytest.fixture
+def cli(settings: Settings, fake_twilio: FakeTwilio, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> Iterator[Callable[..., tuple[int, list[str]]]]:
+    """Runs `vereda ...` in-process, configured only through environment variables."""
+    import bot.cli
+
+    env = dict.fromkeys(SETTINGS_VARIABLES, "")
+    env.update({
+        "DATABASE_URL": settings.database_url, "LESSONS_DIR": str(LESSONS),
+        "TWILIO_ACCOUNT_SID": fake_twilio.account_sid, "TWILIO_AUTH_TOKEN": fake_twilio.auth_token,
+        "TWILIO_SMS_FROM": "+15005550006", "TWILIO_WHATSAPP_FROM": "whatsapp:+14155238886",
+        "TWILIO_API_BASE_URL": fake_twilio.base_url, "RATE_LIMITS": "off", "VEREDA_SCHEDULER": "off",
+        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+    })
+    built: list[Runtime] = []
+    real = bot.cli._runtime
+
+    def keep(*args, **kwargs):  # type: ignore[no-untyped-def]
+        runtime = real(*args, **kwargs)
+        built.append(runtime)
+        return runtime
+
+    monkeypatch.setattr(bot.cli, "_runtime", keep)
+    monkeypatch.chdir(tmp_path)  # no stray .env file is read
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True, input: str | None = None) -> tuple[int, list[str]]:
+        result = runner.invoke(bot.cli.main, list(args), env=env, catch_exceptions=False, input=input)
+        lines = result.output.splitlines()
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result.exit_code, lines
+
+    yield run
+    for runtime in built:
+        runtime.dispatcher.stop()
+        runtime.engine.dispose()

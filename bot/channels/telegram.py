@@ -56,6 +56,15 @@ class NotAnUpdate(ValueError):
     """A body that is not a Telegram Update (400)."""
 
 
+def split_start(text: str) -> tuple[str | None, str]:
+    """`/start`, `/start@OurBot` or `/start <course-id>`: (the course id or "", no text); else (None, text)."""
+    if text.startswith("/start"):
+        head, _, argument = text.partition(" ")
+        if head.split("@", 1)[0] == "/start":
+            return argument.strip(), ""
+    return None, text
+
+
 def parse_update(data: Any) -> TelegramEvent:
     """Parse a webhook body with `Update.de_json` and say what it means."""
     if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
@@ -88,12 +97,7 @@ def parse_update(data: Any) -> TelegramEvent:
     if message.chat.type != "private":
         return TelegramEvent("group", uid, chat_id=message.chat.id)
     media = sum(1 for name in MEDIA_FIELDS if getattr(message, name, None))
-    text = message.text or ""
-    start = None
-    if text.startswith("/start"):
-        head, _, argument = text.partition(" ")
-        if head.split("@", 1)[0] == "/start":
-            start, text = argument.strip(), ""
+    start, text = split_start(message.text or "")
     return TelegramEvent("message", uid, chat_id=message.chat.id, text=text if not media else "",
                          media_count=media, course_start=start)
 

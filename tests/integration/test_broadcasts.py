@@ -5,25 +5,22 @@ once per recipient across interruptions and crashes, cancel, report, failures, a
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
 import bot.broadcasts as broadcasts
 from bot.channels.base import Outgoing, SendResult
-from bot.config import Settings
 from bot.models import Broadcast, Enrolment, Learner, LearnerAddress, LearnerTag, OutboundMessage
 from bot.outbox import Outbox
 from bot.runtime import Runtime
 from scheduler import tick
-from tests.conftest import LESSONS, at
+from tests.conftest import at
 from tests.fakes.twilio_api import Failure, FakeTwilio
-from tests.helpers import SETTINGS_VARIABLES, say
+from tests.helpers import say
 
 COURSE = "seguridad-humana"
 MEXICO = "America/Mexico_City"
@@ -526,45 +523,6 @@ def test_transient_errors_are_retried_and_sent_once(status: int, code: int | Non
 
 
 # -- the CLI -----------------------------------------------------------------------------------------
-
-@pytest.fixture
-def cli(settings: Settings, fake_twilio: FakeTwilio, monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> Iterator[Callable[..., tuple[int, list[str]]]]:
-    """Runs `vereda ...` in-process, configured only through environment variables."""
-    import bot.cli
-
-    env = dict.fromkeys(SETTINGS_VARIABLES, "")
-    env.update({
-        "DATABASE_URL": settings.database_url, "LESSONS_DIR": str(LESSONS),
-        "TWILIO_ACCOUNT_SID": fake_twilio.account_sid, "TWILIO_AUTH_TOKEN": fake_twilio.auth_token,
-        "TWILIO_SMS_FROM": "+15005550006", "TWILIO_WHATSAPP_FROM": "whatsapp:+14155238886",
-        "TWILIO_API_BASE_URL": fake_twilio.base_url, "RATE_LIMITS": "off", "VEREDA_SCHEDULER": "off",
-        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-    })
-    built: list[Runtime] = []
-    real = bot.cli._runtime
-
-    def keep(*args, **kwargs):  # type: ignore[no-untyped-def]
-        runtime = real(*args, **kwargs)
-        built.append(runtime)
-        return runtime
-
-    monkeypatch.setattr(bot.cli, "_runtime", keep)
-    monkeypatch.chdir(tmp_path)  # no stray .env file is read
-    runner = CliRunner()
-
-    def run(*args: str, ok: bool = True) -> tuple[int, list[str]]:
-        result = runner.invoke(bot.cli.main, list(args), env=env, catch_exceptions=False)
-        lines = result.output.splitlines()
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result.exit_code, lines
-
-    yield run
-    for runtime in built:
-        runtime.dispatcher.stop()
-        runtime.engine.dispose()
-
 
 def test_cli_broadcast_create_preview_list_tick_report_cancel(rt: Runtime, cli, fake_twilio: FakeTwilio) -> None:
     # the learners exist first (the CLI shares the database)

@@ -182,7 +182,7 @@ EFFECTS: dict[str, Effect] = {
     # /start without a known course is the menu, mid-quiz too: never taken as an (unrecognised) answer
     "start_plain": Effect(True, first_reply=say("welcome", "es")),
     "start_unknown_course": Effect(True, first_reply=say("welcome", "es")),
-    "command_help": Effect(True, first_reply=say("help", "es")),
+    "command_help": Effect(True, first_reply=say("help_telegram", "es")),
     "command_status_with_bot_name": Effect(True),
     "command_stop": Effect(False, opted_out=True),
     "callback_query": Effect(True, graded=True, first_reply=RIGHT),
@@ -492,12 +492,12 @@ def test_menu_buttons_enrol(tg: Telegram, runtime, fake_telegram: FakeTelegram) 
 
 
 @pytest.mark.parametrize(("command", "reply"), [
-    ("/help", say("help", "es")),
+    ("/help", say("help_telegram", "es")),
     ("/next", say("finish_quiz_first", "es")),
     ("/status", say("status_line_reading", "es", course=COURSE.title["es"], position=1, total=len(COURSE.lessons),
                     state="")),  # nothing answered yet: no score
     ("/lang", say("language_ask", "es")),
-    ("/help@vereda_test_bot", say("help", "es")),
+    ("/help@vereda_test_bot", say("help_telegram", "es")),
 ])
 def test_commands_map_to_keywords(command: str, reply: str, tg: Telegram, runtime,
                                   fake_telegram: FakeTelegram) -> None:
@@ -602,7 +602,7 @@ def test_429_is_retried_after_exactly_retry_after(tg: Telegram, runtime, fake_te
     # … and at retry_after it goes
     due = runtime.outbox.dispatch(lambda: row.next_attempt_at)
     assert due.sent == 1
-    assert [c.params["text"] for c in fake_telegram.sent(CHAT)] == [say("help", "es")]
+    assert [c.params["text"] for c in fake_telegram.sent(CHAT)] == [say("help_telegram", "es")]
     [row] = rows(runtime)
     assert (row.status, row.attempts) == ("sent", 2)
     assert row.provider_id == f"{CHAT}:{FIRST_MESSAGE_ID}"

@@ -766,6 +766,13 @@ def test_help(word: str, language: str) -> None:
     assert chat.texts(word) == [TEXTS["help"][language]]
 
 
+@pytest.mark.parametrize("word", ["/help", "AYUDA"])
+def test_help_on_telegram_names_the_slash_commands(word: str) -> None:
+    [text] = Chat(channel="telegram").texts(word)
+    assert text == TEXTS["help_telegram"]["es"]
+    assert all(f"/{command}" in text for command in ("next", "status", "menu", "pause", "resume", "lang", "stop"))
+
+
 def test_status_lists_progress() -> None:
     chat = enrolled()
     assert chat.texts("ESTADO") == ["«Seguridad humana y migración»: lección 1 de 3."]  # no "0 de 0 correctas"
@@ -805,6 +812,15 @@ def test_pause_and_resume(pause: str, resume: str) -> None:
     assert chat.enrolment.state == "paused"
     assert chat.texts(resume) == ["Lecciones diarias activadas de nuevo."]
     assert chat.enrolment.state == "active"
+
+
+def test_resume_while_active_says_so_and_keeps_the_plan() -> None:
+    chat = enrolled()
+    chat.send("2")
+    chat.send("1")
+    due = chat.enrolment.next_due_at
+    assert chat.texts("SEGUIR") == ["Tus lecciones diarias ya están activas."]
+    assert chat.enrolment.state == "active" and chat.enrolment.next_due_at == due
 
 
 def test_resume_with_a_quiz_open_asks_the_question_again() -> None:
@@ -953,12 +969,43 @@ def test_language_button_press() -> None:
     assert chat.state.language == "en"
 
 
-def test_language_then_something_else_is_handled_as_usual() -> None:
+def test_language_then_a_slip_asks_the_language_once_more_and_grades_nothing() -> None:
     chat = enrolled()
     chat.send("IDIOMA")
-    effects = chat.send("3")  # no language: an answer to the open question
+    effects = chat.send("3")  # right after "1) Español 2) English": a slip, not an answer to the open question
+    assert effects.graded == [] and chat.state.language == "es"
+    [again] = effects.replies
+    assert again.text == f"{say('reask', 'es', count=2)}\n{say('language_ask', 'es')}"
+    assert again.choices == ("Español", "English") and again.ref == "lang"
+    chat.send("2")
+    assert chat.state.language == "en" and chat.state.pending is None
+
+
+def test_language_then_two_misses_is_handled_as_usual() -> None:
+    chat = enrolled()
+    chat.send("IDIOMA")
+    chat.send("3")
+    effects = chat.send("3")  # asked twice: now an answer to the open question
     assert chat.state.language == "es" and chat.state.pending is None
     assert effects.graded == [Graded("seguridad", 0, 0, 3, False)]
+
+
+@pytest.mark.parametrize("slips", [0, 1])
+def test_language_then_a_keyword_is_the_keyword(slips: int) -> None:
+    chat = enrolled()
+    chat.send("IDIOMA")
+    for _ in range(slips):
+        chat.send("x")
+    effects = chat.send("AYUDA")
+    assert chat.state.pending is None and [r.text for r in effects.replies] == [say("help", "es")]
+
+
+def test_a_language_button_from_the_second_ask_counts() -> None:
+    chat = enrolled(channel="telegram")
+    chat.send("IDIOMA")
+    chat.send("3")
+    chat.send("", choice=2, ref="lang")
+    assert chat.state.language == "en"
 
 
 def test_course_content_follows_the_language() -> None:
