@@ -32,6 +32,7 @@ class RedactingFormatter(logging.Formatter):
 def configure(level: str, fmt: str) -> None:
     """logging.basicConfig, then every root handler formats through RedactingFormatter."""
     logging.basicConfig(level=level, format=fmt)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # seven lines at every start
     for handler in logging.getLogger().handlers:
         if not isinstance(handler.formatter, RedactingFormatter):
             handler.setFormatter(RedactingFormatter(fmt))
