@@ -19,6 +19,10 @@ from bot.channels.aioloop import LoopThread
 from bot.channels.base import Outgoing, Rendered, SendResult, split_text
 from bot.config import Settings
 
+# RetryAfter.retry_after as a timedelta, the type python-telegram-bot moves to (without the opt-in every 429
+# warns); send() reads either type.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request URL, token included
 
