@@ -339,5 +339,6 @@ def test_sms_learner_takes_ruta_segura_end_to_end(server: AppProcess, fake_twili
     print(f"\n[e2e {db}] {len(learner.steps)} SMS in, {len(arrived)} SMS out ({segments} segments; "
           f"{ucs2} UCS-2, all for the author's text), {lessons}/{len(course.lessons)} lessons, "
           f"quiz {walk.right}/{walk.answered} = {walk.percent}% -> {'passed' if walk.passed else 'not passed'}"
-          f" (pass mark {round(course.pass_mark * 100)}%); slowest first reply {slowest:.2f} s; "
+          f" (pass mark {round(course.pass_mark * 100)}%); first replies "
+          f"{', '.join(f'{s.sent!r} {s.first_reply:.2f} s' for s in learner.steps)}; "
           f"exit {code}; {time.monotonic() - began:.1f} s")
