@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 LANGUAGES = ("es", "en")
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -189,6 +191,14 @@ def gsm_friendly(text: str) -> str:
     return text.translate(_GSM_STAND_INS)
 
 
+# On Telegram a /command in a message is a link that sends it: our texts name the command, not the keyword.
+_COMMANDS = {"SIGUIENTE": "/next", "NEXT": "/next", "ESTADO": "/status", "STATUS": "/status", "AYUDA": "/help",
+             "HELP": "/help", "SEGUIR": "/resume", "RESUME": "/resume", "PAUSA": "/pause", "PAUSE": "/pause",
+             "BAJA": "/stop", "STOP": "/stop", "CURSOS": "/menu", "COURSES": "/menu", "BORRAR": "/delete",
+             "DELETE": "/delete"}
+_AS_COMMAND = re.compile(r"\b(?:" + "|".join(_COMMANDS) + r")\b")
+
+
 def say(key: str, language: str, channel: str = "", **values: object) -> str:
     """The system message `key` in `language` (falls back to Spanish), GSM-7-friendly on SMS.
 
@@ -197,6 +207,8 @@ def say(key: str, language: str, channel: str = "", **values: object) -> str:
     """
     texts = TEXTS[key]
     text = texts.get(language) or texts["es"]
+    if channel == "telegram" and key != "help_telegram":
+        text = _AS_COMMAND.sub(lambda match: _COMMANDS[match.group(0)], text)  # a tap sends it
     if channel == "sms":
         text = gsm_friendly(text)
         if isinstance(values.get("course"), str):

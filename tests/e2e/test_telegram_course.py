@@ -71,11 +71,11 @@ def lesson_end(course: Course, lesson: int, right_answers: int, total_right: int
     score = say("lesson_score", LANG, n=lesson + 1, right=right_answers, total=len(course.lessons[lesson].quiz))
     if lesson + 1 < len(course.lessons):
         when = say("tomorrow", LANG, time=course.schedule.at.strftime("%H:%M"))
-        return Expected(f"lesson {lesson + 1} end", f"{score}\n{say('next_at', LANG, when=when)}")
+        return Expected(f"lesson {lesson + 1} end", f"{score}\n{say('next_at', LANG, 'telegram', when=when)}")
     percent = round(100 * total_right / answered)
     key = "course_passed" if percent >= round(course.pass_mark * 100) else "course_failed"
-    result = say(key, LANG, course=course.title[LANG], percent=percent, right=total_right, total=answered,
-                 mark=round(course.pass_mark * 100))
+    result = say(key, LANG, "telegram", course=course.title[LANG], percent=percent, right=total_right,
+                 total=answered, mark=round(course.pass_mark * 100))
     return Expected("course result", f"{score}\n{result}")
 
 

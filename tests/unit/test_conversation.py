@@ -766,6 +766,15 @@ def test_help(word: str, language: str) -> None:
     assert chat.texts(word) == [TEXTS["help"][language]]
 
 
+def test_telegram_texts_name_the_command_a_tap_sends() -> None:
+    chat = enrolled(channel="telegram")
+    chat.send("2")
+    [*_, closing] = chat.texts("1")
+    assert closing.endswith("Escribe /next para recibirla ahora.") and "SIGUIENTE" not in closing
+    assert chat.texts("PAUSA") == ["Lecciones diarias en pausa. Escribe /resume para continuar."]
+    assert "/next" not in say("next_at", "es", "whatsapp", when="mañana")  # other channels keep the keywords
+
+
 @pytest.mark.parametrize("word", ["/help", "AYUDA"])
 def test_help_on_telegram_names_the_slash_commands(word: str) -> None:
     [text] = Chat(channel="telegram").texts(word)
