@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import click
 
@@ -27,13 +27,14 @@ def _runtime(settings: Settings, senders=None):  # type: ignore[no-untyped-def]
     return build(settings, senders)
 
 
-def _parse_now(value: str | None) -> datetime | None:
+def _parse_now(value: str | None, option: str = "--now") -> datetime | None:
+    """An ISO-8601 time; one without a zone is UTC."""
     if value is None:
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO-8601 time", param_hint="--now") from None
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 time", param_hint=option) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -81,9 +82,9 @@ def lessons_check(directory: str | None) -> None:
 def chat(channel: str, address: str | None) -> None:
     """Talk to the bot in the terminal as a learner; no provider needed. End with Ctrl-D."""
     from bot.channels.console import ConsoleSender
-    from bot.channels.telegram import split_start
+    from bot.channels.telegram import chat_id_in_range, split_start
     from bot.dispatcher import utcnow
-    from bot.identity import BadAddress
+    from bot.identity import BadAddress, e164
     from bot.outbox import Outbox
     from bot.services import Envelope, receive
 
@@ -97,9 +98,14 @@ def chat(channel: str, address: str | None) -> None:
         address = f"whatsapp:{address}"
     chat_id: int | None = None
     if channel == "telegram":
-        if not address.lstrip("-").isdigit():
-            raise click.BadParameter("a Telegram chat id is a number", param_hint="--address")
+        if not address.lstrip("-").isdigit() or not chat_id_in_range(int(address)):
+            raise click.BadParameter("a Telegram chat id is a number (64-bit)", param_hint="--address")
         chat_id = int(address)
+    else:
+        try:
+            e164(address)  # before the first line, not after it
+        except BadAddress as error:
+            raise click.BadParameter(str(error), param_hint="--address") from None
     if interactive:
         click.echo(f"Vereda chat on {channel} as {address}. Write 'hola' to start; Ctrl-D to leave.")
     while True:
@@ -121,8 +127,9 @@ def chat(channel: str, address: str | None) -> None:
 
 
 @main.command("tick")
-@click.option("--now", "now_text", help="ISO-8601 time to act as of (default: now)")
-@click.option("--budget", type=float, default=50.0, show_default=True, help="seconds to keep dispatching")
+@click.option("--now", "now_text", help="ISO-8601 time to act as of, UTC unless it has a zone (default: now)")
+@click.option("--budget", type=click.FloatRange(min=0), default=50.0, show_default=True,
+              help="seconds to keep dispatching")
 def tick_command(now_text: str | None, budget: float) -> None:
     """One scheduler pass: plan due lessons, then dispatch the outbox until nothing is due."""
     from scheduler import tick
@@ -185,7 +192,8 @@ def broadcast_preview(**kwargs: str) -> None:
 
 @broadcast.command("create")
 @_segment_options
-@click.option("--at", "at_text", help="ISO-8601 time to send (default: now)")
+@click.option("--at", "at_text", help="ISO-8601 time to send, UTC unless it has a zone, e.g. "
+              "2027-01-05T09:00-06:00 (default: now)")
 @click.option("--yes", is_flag=True, help="do not show the preview and ask")
 def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
     """Create a broadcast (now or at a time); prints its id on the last line."""
@@ -195,7 +203,10 @@ def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
     runtime = _runtime(_settings())
     text, segment = _broadcast_args(kwargs)
     now = utcnow()
-    send_at = _parse_now(at_text) or now
+    send_at = _parse_now(at_text, "--at") or now
+    if send_at < now - timedelta(minutes=1):  # a wrong year or day must not mean "send to everyone now"
+        raise click.BadParameter(f"{send_at.isoformat(timespec='minutes')} is in the past; leave --at out to "
+                                 "send now", param_hint="--at")
     if not yes:
         _show_preview(runtime, text, segment)
         if not sys.stdin.isatty():

@@ -299,10 +299,15 @@ class Turn:
         deliver_lesson(self.learner, course, enrolment, index, self.inbound.channel, self.ctx,
                        self.effects.replies)
 
+    def _no_course_text(self) -> str:
+        """No course to act on: none yet, or (a course folder that failed to load) none available now."""
+        known = any(self.ctx.catalog.get(course_id) for course_id in self.learner.enrolments)
+        return self.say("course_unavailable" if self.learner.enrolments and not known else "nothing_enrolled")
+
     def _next(self) -> None:
         found = self.current()
         if found is None:
-            self.reply(self.say("nothing_enrolled"))
+            self.reply(self._no_course_text())
             self._menu(welcome=False)
             return
         course, enrolment = found
@@ -323,7 +328,7 @@ class Turn:
     def _pause(self, pause: bool) -> None:
         found = self.current()
         if found is None:
-            self.reply(self.say("nothing_enrolled"))
+            self.reply(self._no_course_text())
             return
         course, enrolment = found
         was_active = enrolment.state == "active"
@@ -356,7 +361,7 @@ class Turn:
                 state=self.say(state) if state else "",
             ))
         if not lines:
-            self.reply(self.say("nothing_enrolled"))
+            self.reply(self._no_course_text())
             self._menu(welcome=False)
             return
         self.reply("\n".join(lines))

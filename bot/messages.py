@@ -106,6 +106,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "es": "Primero responde la pregunta pendiente:",
         "en": "First answer the open question:",
     },
+    "course_unavailable": {
+        "es": "Tu curso no está disponible por ahora; tu avance está guardado.",
+        "en": "Your course is not available right now; your progress is kept.",
+    },
     "nothing_enrolled": {
         "es": "Aún no estás en ningún curso.",
         "en": "You are not in any course yet.",

@@ -524,6 +524,15 @@ def test_transient_errors_are_retried_and_sent_once(status: int, code: int | Non
 
 # -- the CLI -----------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize(("at", "says"), [("2020-01-01T00:00", "is in the past"), ("garbage", "not an ISO-8601")])
+def test_cli_broadcast_refuses_a_time_in_the_past_or_no_time(rt: Runtime, cli, at: str, says: str) -> None:  # type: ignore[no-untyped-def]
+    code, lines = cli("broadcast", "create", "--text-es", "hola", "--at", at, "--yes", ok=False)
+    output = "\n".join(lines)
+    assert code == 2 and says in output and "--at" in output and "--now" not in output
+    with rt.factory() as session:
+        assert session.scalar(select(func.count()).select_from(Broadcast)) == 0
+
+
 def test_cli_broadcast_create_preview_list_tick_report_cancel(rt: Runtime, cli, fake_twilio: FakeTwilio) -> None:
     # the learners exist first (the CLI shares the database)
     add_learners(rt, phones("+52551000", 3))

@@ -58,3 +58,11 @@ def test_chat_on_telegram_help_names_the_slash_commands(cli) -> None:  # type: i
 def test_chat_rejects_a_bad_telegram_address(cli) -> None:  # type: ignore[no-untyped-def]
     code, lines = cli("chat", "--channel", "telegram", "--address", "abc", ok=False)
     assert code != 0 and any("chat id is a number" in line for line in lines)
+
+
+@pytest.mark.parametrize(("channel", "address"), [("telegram", "99999999999999999999999"), ("sms", "notanumber"),
+                                                   ("whatsapp", "+1")])
+def test_chat_rejects_a_bad_address_before_reading_anything(cli, channel: str, address: str) -> None:  # type: ignore[no-untyped-def]
+    code, lines = cli("chat", "--channel", channel, "--address", address, input="hola\n", ok=False)
+    assert code == 2 and any("--address" in line for line in lines)
+    assert not any(line.startswith("tú>") for line in lines) and "Traceback" not in "\n".join(lines)

@@ -279,6 +279,10 @@ def test_wrong_or_missing_secret_is_403_without_effect(secret: str | None, tg: T
     (b"{\"update_id\": 5, \"message\": \"hola\"}", "application/json"),
     (b"{\"update_id\": 5, \"message\": {\"message_id\": 1}}", "application/json"),
     (b"update_id=5", "application/x-www-form-urlencoded"),
+    (b"{\"update_id\": 5, \"message\": {\"message_id\": 1, \"date\": 1764763401, \"text\": \"hola\", "
+     b"\"chat\": {\"id\": 100000000000000000000000, \"type\": \"private\"}}}", "application/json"),
+    (b"{\"update_id\": 100000000000000000000000, \"message\": {\"message_id\": 1, \"date\": 1764763401, "
+     b"\"text\": \"hola\", \"chat\": {\"id\": 7, \"type\": \"private\"}}}", "application/json"),
 ])
 def test_a_body_that_is_not_an_update_is_400(body: bytes, content_type: str, tg: Telegram, runtime,
                                              fake_telegram: FakeTelegram) -> None:

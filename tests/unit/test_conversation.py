@@ -873,6 +873,15 @@ def test_next_while_paused_sends_the_lesson_and_says_the_pause_is_over() -> None
     assert len(texts) > 1 and chat.enrolment.position == 1 and chat.enrolment.state == "active"
 
 
+@pytest.mark.parametrize("word", ["SIGUIENTE", "ESTADO", "PAUSA"])
+def test_a_course_that_is_gone_is_unavailable_not_unknown(word: str) -> None:
+    chat = enrolled()
+    chat.catalog = Catalog((SALUD,))  # the course folder failed to load after a restart
+    texts = chat.texts(word)
+    assert texts[0] == say("course_unavailable", "es", "whatsapp")
+    assert "seguridad" in chat.state.enrolments  # nothing lost
+
+
 def test_pause_without_a_course() -> None:
     assert Chat().texts("PAUSA") == ["Aún no estás en ningún curso."]
 
