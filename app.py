@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 
 from flask import Flask
@@ -10,6 +11,8 @@ from bot.auth import app_secret
 from bot.config import Settings
 from bot.logs import configure
 from bot.runtime import Runtime, build
+
+log = logging.getLogger("vereda")
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
@@ -43,11 +46,23 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     return app
 
 
+def _say_what_runs(settings: Settings, runtime: Runtime) -> None:
+    """What a new operator wants to see at start: which courses loaded, which channels are on."""
+    courses = ", ".join(f"{course.id} ({len(course.lessons)} lessons)" for course in runtime.catalog.courses)
+    log.info("courses from %s: %s", settings.lessons_dir, courses or "none")
+    log.info("SMS and WhatsApp: %s", "on" if settings.twilio_enabled
+             else "off (set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)")
+    log.info("Telegram: %s", "on" if settings.telegram_enabled and settings.telegram_webhook_secret
+             else "off (set TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET)")
+    log.info("try it without a provider: vereda chat")
+
+
 def main() -> None:
     """Serve on HOST:PORT with the dispatcher and, unless VEREDA_SCHEDULER=off, the scheduler."""
     settings = Settings.from_env()
     app = create_app(settings)
     runtime: Runtime = app.extensions["vereda"]
+    _say_what_runs(settings, runtime)
     if runtime.dispatcher.enabled:
         runtime.dispatcher.ensure_started()
     scheduler = None

@@ -324,6 +324,8 @@ def test_sms_learner_takes_ruta_segura_end_to_end(server: AppProcess, fake_twili
     # The process logs, at the default INFO level: no full phone number and no message text.
     logs = server.logs()
     assert " INFO bot." in logs, "expected Vereda's own INFO log lines"
+    assert "INFO vereda courses from " in logs and "ruta-segura (10 lessons)" in logs  # what started, said once
+    assert "INFO vereda SMS and WhatsApp: on" in logs
     assert "Traceback" not in logs and " ERROR " not in logs, logs[-4000:]
     for phone in (LEARNER, LEARNER.lstrip("+"), LEARNER.removeprefix("+52"), SMS_FROM, SMS_FROM.lstrip("+")):
         assert phone not in logs, f"a full phone number ({phone}) is in the server log"
