@@ -56,8 +56,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "Reply with the number of your answer.",
     },
     "reask": {
-        "es": "No reconocí tu respuesta. Responde con el número (1-{count}) o la letra de una opción.",
-        "en": "I did not recognise your answer. Reply with the number (1-{count}) or letter of an option.",
+        "es": "No reconocí tu respuesta. Responde con el número (1-{count}), la letra o el texto de una opción.",
+        "en": "I did not recognise your answer. Reply with the number (1-{count}), letter or text of an option.",
     },
     "reask_again": {
         "es": "Responde 1-{count}, o escribe AYUDA.",

@@ -394,7 +394,7 @@ def test_an_unparseable_answer_re_asks_gently_and_is_never_graded(garbage: str) 
     chat = enrolled()
     first = chat.send(garbage)
     assert first.replies == [
-        Out("No reconocí tu respuesta. Responde con el número (1-3) o la letra de una opción."),
+        Out("No reconocí tu respuesta. Responde con el número (1-3), la letra o el texto de una opción."),
         Out(question_text(1, 2, Q1.ask["es"]), tuple(o["es"] for o in Q1.options), "question"),
     ]
     second = chat.send(garbage)
@@ -1122,7 +1122,7 @@ def test_sms_system_texts_carry_no_accents_while_course_content_stays_as_authore
     assert ("Sí", "No") in [r.choices for r in replies]
     # a course title inside our own wording is ours too: GSM-7 (one ó would make the whole SMS UCS-2)
     assert "Te inscribiste en \"Seguridad humana y migracion\". Aqui va la leccion 1 de 3." in texts
-    assert "No reconoci tu respuesta. Responde con el numero (1-3) o la letra de una opcion." in texts
+    assert "No reconoci tu respuesta. Responde con el numero (1-3), la letra o el texto de una opcion." in texts
     assert any(t.startswith("Leccion 1 terminada: 1 de 2 correctas.\nLa proxima leccion llega mañana a las 09:00.")
                for t in texts)
 
