@@ -594,6 +594,26 @@ def test_whatsapp_drip_without_template_waits_for_the_learner(make_runtime: Call
     assert fake_twilio.messages[before].body.startswith(course.lessons[1].title["es"])
 
 
+def test_a_held_whatsapp_lesson_does_not_hold_the_same_persons_sms_course(make_runtime: Callable[..., Runtime],
+                                                                          fake_twilio: FakeTwilio) -> None:
+    runtime = make_runtime(lessons_dir=str(WHATSAPP_LESSONS))
+    say(runtime, MX, "SEGURIDAD", at("2026-06-01 13:00"), channel="whatsapp")  # no template: lessons wait
+    for question in runtime.catalog.get(COURSE).lessons[0].quiz:  # type: ignore[union-attr]
+        say(runtime, MX, str(question.answer), at("2026-06-01 13:01"), channel="whatsapp")
+    say(runtime, MX, "RUTA", at("2026-06-01 13:10"))  # the same person's SMS course; lesson 1 has no quiz
+    with runtime.factory() as session, session.begin():  # both fall due in the same tick, WhatsApp's first
+        session.execute(update(Enrolment).where(Enrolment.course_id == "ruta-segura")
+                        .values(next_due_at=at("2026-06-02 15:00") + timedelta(seconds=1)))
+    driver = Driver(runtime, fake_twilio)
+    driver.tick(at("2026-06-01 13:15"))
+    before = len(fake_twilio.messages)
+    driver.tick(at("2026-06-02 15:01"))  # 26 h after the last WhatsApp message: that lesson is held
+    assert [d.status for d in drips(runtime)].count("held") == 1
+    sms = [m.body for m in fake_twilio.messages[before:] if m.to == MX]
+    ruta = runtime.catalog.get("ruta-segura")
+    assert ruta is not None and sms and sms[0] == ruta.lessons[1].text_for("es", "sms")
+
+
 # -- the scheduler in a process ----------------------------------------------------------------------
 
 
