@@ -198,6 +198,7 @@ def broadcast_preview(**kwargs: str) -> None:
 def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
     """Create a broadcast (now or at a time); prints its id on the last line."""
     from bot.broadcasts import BroadcastError, create
+    from bot.catalog import CONTENT_SID
     from bot.dispatcher import utcnow
 
     runtime = _runtime(_settings())
@@ -207,6 +208,9 @@ def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
     if send_at < now - timedelta(minutes=1):  # a wrong year or day must not mean "send to everyone now"
         raise click.BadParameter(f"{send_at.isoformat(timespec='minutes')} is in the past; leave --at out to "
                                  "send now", param_hint="--at")
+    template = kwargs.get("whatsapp_template") or None
+    if template is not None and not CONTENT_SID.match(template):
+        raise click.BadParameter('a Twilio Content SID ("HX" and 32 hex characters)', param_hint="--template")
     if not yes:
         _show_preview(runtime, text, segment)
         if not sys.stdin.isatty():
@@ -214,7 +218,7 @@ def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
         click.confirm(f"send at {send_at.isoformat(timespec='minutes')}?", abort=True)
     try:
         broadcast_id = create(runtime.factory, text, segment, send_at, runtime.catalog, now,
-                              whatsapp_template=kwargs.get("whatsapp_template") or None, created_by="cli")
+                              whatsapp_template=template, created_by="cli")
     except BroadcastError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"broadcast created, sends at {max(send_at, now).isoformat(timespec='seconds')}")

@@ -566,6 +566,7 @@ def test_broadcast_cancel(as_role, people: dict[str, int], runtime: Runtime) -> 
     ({"text": {"es": "  ", "en": ""}}, "text"),
     ({"text": {"fr": "salut"}}, "text"),
     ({"text": {"es": ["x"]}}, "text.es"),
+    ({"text": {"es": "hola", "en": "a\x01b"}}, "text.en"),
     ({"text": {"es": "x"}, "send_at": "tomorrow"}, "send_at"),
     ({"text": {"es": "x"}, "send_at": "2030-01-07T18:00:00"}, "send_at"),
     ({"text": {"es": "x"}, "whatsapp_template": "nope"}, "whatsapp_template"),

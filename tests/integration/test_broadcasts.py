@@ -524,11 +524,14 @@ def test_transient_errors_are_retried_and_sent_once(status: int, code: int | Non
 
 # -- the CLI -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("at", "says"), [("2020-01-01T00:00", "is in the past"), ("garbage", "not an ISO-8601")])
-def test_cli_broadcast_refuses_a_time_in_the_past_or_no_time(rt: Runtime, cli, at: str, says: str) -> None:  # type: ignore[no-untyped-def]
-    code, lines = cli("broadcast", "create", "--text-es", "hola", "--at", at, "--yes", ok=False)
+@pytest.mark.parametrize(("option", "value", "says"), [("--at", "2020-01-01T00:00", "is in the past"),
+                                                       ("--at", "garbage", "not an ISO-8601"),
+                                                       ("--template", "nothx", "Content SID")])
+def test_cli_broadcast_refuses_a_bad_time_or_template(rt: Runtime, cli, option: str, value: str,  # type: ignore[no-untyped-def]
+                                                      says: str) -> None:
+    code, lines = cli("broadcast", "create", "--text-es", "hola", option, value, "--yes", ok=False)
     output = "\n".join(lines)
-    assert code == 2 and says in output and "--at" in output and "--now" not in output
+    assert code == 2 and says in output and option in output and "--now" not in output
     with rt.factory() as session:
         assert session.scalar(select(func.count()).select_from(Broadcast)) == 0
 
