@@ -82,7 +82,7 @@ def lessons_check(directory: str | None) -> None:
 def chat(channel: str, address: str | None) -> None:
     """Talk to the bot in the terminal as a learner; no provider needed. End with Ctrl-D."""
     from bot.channels.console import ConsoleSender
-    from bot.channels.telegram import chat_id_in_range, split_start
+    from bot.channels.telegram import split_start, telegram_id_in_range
     from bot.dispatcher import utcnow
     from bot.identity import BadAddress, e164
     from bot.outbox import Outbox
@@ -98,7 +98,7 @@ def chat(channel: str, address: str | None) -> None:
         address = f"whatsapp:{address}"
     chat_id: int | None = None
     if channel == "telegram":
-        if not address.lstrip("-").isdigit() or not chat_id_in_range(int(address)):
+        if not address.lstrip("-").isdigit() or not telegram_id_in_range(int(address)):
             raise click.BadParameter("a Telegram chat id is a number (64-bit)", param_hint="--address")
         chat_id = int(address)
     else:
@@ -118,10 +118,7 @@ def chat(channel: str, address: str | None) -> None:
         start, text = split_start(line) if channel == "telegram" else (None, line)  # as the webhook reads it
         envelope = Envelope(channel=channel, provider_id=f"chat-{uuid.uuid4().hex}", address=address, text=text,
                             telegram_chat_id=chat_id, course_start=start)
-        try:
-            receive(runtime.factory, envelope, runtime.context(utcnow()), runtime.senders, transport="console")
-        except BadAddress as error:
-            raise click.BadParameter(str(error), param_hint="--address") from None
+        receive(runtime.factory, envelope, runtime.context(utcnow()), runtime.senders, transport="console")
         outbox.dispatch(utcnow)
     click.echo("")
 

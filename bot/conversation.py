@@ -186,7 +186,7 @@ class Turn:
     def _keyword(self, intent: Intent, _language: str | None) -> None:
         self.learner.pending = None
         if intent is Intent.HELP:
-            self.reply(self.say("help_telegram" if self.inbound.channel == "telegram" else "help"))
+            self.reply(self.say("help"))
         elif intent in (Intent.MENU, Intent.OPT_IN):
             self._menu(welcome=False)
         elif intent is Intent.NEXT:

@@ -208,10 +208,13 @@ def say(key: str, language: str, channel: str = "", **values: object) -> str:
 
     Our own wording is made GSM-friendly, and so is a course title set in it (`course`: the menu and every
     "«course»" line would otherwise go out as UCS-2 for one accent); other values (questions) stay as authored.
+    A channel's own wording of a message (`help_telegram`) is used on that channel instead.
     """
+    if f"{key}_{channel}" in TEXTS:
+        key = f"{key}_{channel}"
     texts = TEXTS[key]
     text = texts.get(language) or texts["es"]
-    if channel == "telegram" and key != "help_telegram":
+    if channel == "telegram" and not key.endswith("_telegram"):  # the channel's own wording names its commands
         text = _AS_COMMAND.sub(lambda match: _COMMANDS[match.group(0)], text)  # a tap sends it
     if channel == "sms":
         text = gsm_friendly(text)

@@ -60,9 +60,10 @@ class NotAnUpdate(ValueError):
     """A body that is not a Telegram Update (400)."""
 
 
-def chat_id_in_range(chat_id: int) -> bool:
-    """Telegram's ids fit a signed 64-bit integer (the database column); anything else is not from Telegram."""
-    return -(2**63) <= chat_id < 2**63
+def telegram_id_in_range(value: int) -> bool:
+    """Telegram's ids (chat, update, message) fit a signed 64-bit integer, as our columns do; others are not
+    from Telegram."""
+    return -(2**63) <= value < 2**63
 
 
 def split_start(text: str) -> tuple[str | None, str]:
@@ -77,7 +78,7 @@ def split_start(text: str) -> tuple[str | None, str]:
 def parse_update(data: Any) -> TelegramEvent:
     """Parse a webhook body with `Update.de_json` and say what it means."""
     event = _parse_update(data)
-    if not all(chat_id_in_range(value) for value in (event.update_id, event.chat_id or 0, event.message_id or 0)):
+    if not all(telegram_id_in_range(value) for value in (event.update_id, event.chat_id or 0, event.message_id or 0)):
         raise NotAnUpdate("not a Telegram Update: an id out of range")
     return event
 
