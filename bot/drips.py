@@ -92,7 +92,7 @@ ENROLMENTS = Base.metadata.tables["enrolments"]
 _VARYING = ("idempotency_key", "learner_id", "channel", "to_address", "body", "choices", "ref", "content_sid",
             "content_variables", "kind", "status", "error_message")
 _CONSTANT = ("from_address", "priority", "attempts", "next_attempt_at", "erase_after_send", "created_at", "updated_at")
-# What a planned enrolment's change carries, in order, followed by its id (see _plan_batch and _write).
+# What a planned enrolment's change carries, in order (see _plan_batch and _write).
 _CHANGED = ("position", "question", "state", "next_due_at", "reminders", "lesson_sent")
 # PostgreSQL: a batch in one statement per table, its rows sent as one JSON array (psycopg would otherwise send a
 # statement per row, or parse a VALUES list of tens of thousands of placeholders, or escape arrays in Python).
@@ -113,14 +113,29 @@ _PG_UPDATE = text("""
     FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r
     WHERE e.id = CAST(r->>6 AS integer)
 """)
-# SQLite: the driver's own executemany, the values converted by the columns' own types (as the ORM stores them).
-_SQLITE_INSERT = (f"INSERT INTO outbound_messages ({', '.join(_VARYING + _CONSTANT)}) "
-                  f"VALUES ({', '.join('?' * (len(_VARYING) + len(_CONSTANT)))}) "
-                  "ON CONFLICT (idempotency_key) DO NOTHING")
-_SQLITE_UPDATE = ("UPDATE enrolments SET position = ?1, question = ?2, state = ?3, next_due_at = ?4, reminders = ?5, "
-                  "lesson_sent_at = CASE WHEN ?6 THEN ?8 ELSE lesson_sent_at END, "
-                  "finished_at = CASE WHEN ?3 = 'finished' AND finished_at IS NULL THEN ?8 ELSE finished_at END "
-                  "WHERE id = ?7")
+# SQLite: a group's rows (see _Group) in one statement, its members' (enrolment, learner, address) as one JSON
+# array joined to its messages, in order (message ids keep each learner's messages in order).
+_SQLITE_INSERT = f"""
+    INSERT INTO outbound_messages ({", ".join(_VARYING + _CONSTANT)})
+    SELECT m.prefix || json_extract(p.value, '$[0]') || m.suffix, json_extract(p.value, '$[1]'), m.channel,
+           json_extract(p.value, '$[2]'), m.body, m.choices, m.ref, m.sid, m.variables, m.kind, m.status, m.reason,
+           NULL, :priority, 0, :now, :no, :now, :now
+    FROM json_each(:members) AS p CROSS JOIN ({{messages}}) AS m
+    WHERE true
+    ORDER BY p.key, m.seq
+    ON CONFLICT (idempotency_key) DO NOTHING
+"""
+_SQLITE_MESSAGE = ("SELECT {n} AS seq, :prefix{n} AS prefix, :suffix{n} AS suffix, :channel{n} AS channel, "
+                   ":body{n} AS body, :choices{n} AS choices, :ref{n} AS ref, :sid{n} AS sid, "
+                   ":variables{n} AS variables, :kind{n} AS kind, :status{n} AS status, :reason{n} AS reason")
+# The enrolments that change alike, in one statement (as _PG_UPDATE).
+_SQLITE_UPDATE = """
+    UPDATE enrolments
+    SET position = :position, question = :question, state = :state, next_due_at = :due, reminders = :reminders,
+        lesson_sent_at = CASE WHEN :sent THEN :now ELSE lesson_sent_at END,
+        finished_at = CASE WHEN :state = 'finished' AND finished_at IS NULL THEN :now ELSE finished_at END
+    WHERE id IN (SELECT value FROM json_each(:ids))
+"""
 
 
 @dataclass
@@ -290,7 +305,10 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
     waiting = set(connection.scalars(select(OutboundMessage.learner_id).where(
         _among(OutboundMessage.learner_id, silent, postgres), OutboundMessage.channel == "whatsapp",
         OutboundMessage.status == "held", OutboundMessage.kind.in_(("lesson", "reminder"))))) if silent else set()
-    plans: list[tuple[_Due, list[tuple[Any, ...]], _Step]] = []
+    # Enrolments that take the same step the same way get the same messages: only the key's enrolment id, the
+    # learner and the address differ. So a batch's outbox rows are written per group (see _write).
+    plans: list[tuple[_Due, _Step, _Group]] = []
+    groups: dict[tuple[int, bool], _Group] = {}
     quiet_until: dict[str, datetime | None] = {}  # zone -> end of the quiet hours `now` is in
     deferred: dict[datetime | None, list[int]] = {}  # end of the quiet hours -> enrolments moved to then
     for row, course in live:
@@ -317,27 +335,16 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
                          row.timezone, row.preferred_hour, row.reasks, id(sender))
             found = steps.get(signature)
             step = found if found is not None else steps.setdefault(signature, _step(row, course, sender, ctx, {}))
-        if step.kind == "reminder":
-            key = f"reminder:{row.id}:{row.position}:{row.question}:{row.reminders}"
-        else:
-            key = f"lesson:{row.id}:{step.index}"
         held = row.channel == "whatsapp" and not window_open(last_inbound_at, now)
-        reason = None
-        rows: list[tuple[Any, ...]] = []
-        if held:
-            reason = TEMPLATE_SENT if course.whatsapp_template else NO_TEMPLATE
-            if course.whatsapp_template:  # what queue_template queues
-                variables = {"1": course.title[course.languages[0]], "2": str(step.index + 1)}
-                rows.append(_outbox_row(f"template:{key}:0", row.learner_id, "whatsapp", address, "template",
-                                        Rendered(f"[template {course.whatsapp_template}]"), None, "queued", None,
-                                        course.whatsapp_template, variables))
-            else:
-                log.warning("enrolment %d: %s", row.id, NO_TEMPLATE)
-        for n, (ref, parts) in enumerate(step.messages):
-            for part_no, part in enumerate(parts):
-                rows.append(_outbox_row(f"{key}:{n}:{part_no}", row.learner_id, row.channel, address, step.kind,
-                                        part, ref, "held" if held else "queued", reason, None, None))
-        plans.append((row, rows, step))
+        if held and not course.whatsapp_template:
+            log.warning("enrolment %d: %s", row.id, NO_TEMPLATE)
+        # A memoised step is one object for all its enrolments (and it holds the row's position, question and
+        # reminders, which the key carries); one made for a single enrolment (a course score) is its own group.
+        group = groups.get((id(step), held))
+        if group is None:
+            group = groups[(id(step), held)] = _Group(_messages(row, step, course, held), [])
+        group.members.append((row.id, row.learner_id, address))
+        plans.append((row, step, group))
         if held:  # as if planned one by one: this learner now waits for the template's answer
             waiting.add(row.learner_id)
         if log.isEnabledFor(logging.INFO):
@@ -350,76 +357,110 @@ def _plan_batch(session: Session, ctx: conv.Context, senders: dict[str, Sender],
 
     # A lesson already in the outbox was queued by someone else: leave that enrolment as it is (as a failed
     # insert rolled back its whole transaction before).
-    keys = [values[0] for _row, rows, _step in plans for values in rows]
+    keys = [prefix + str(row.id) + suffix for row, _step, group in plans for prefix, suffix, *_rest in group.messages]
     taken = set(connection.scalars(select(OutboundMessage.idempotency_key)
                                 .where(_among(OutboundMessage.idempotency_key, keys, postgres))))
     if taken:
-        plans = [plan for plan in plans if not any(values[0] in taken for values in plan[1])]
+        gone = {row.id for row, _step, group in plans
+                if any(prefix + str(row.id) + suffix in taken for prefix, suffix, *_rest in group.messages)}
+        plans = [plan for plan in plans if plan[0].id not in gone]
+        for group in groups.values():
+            group.members[:] = [member for member in group.members if member[0] not in gone]
         if not plans:
             return read, 0
-    changes = [(step.position, step.question, step.state, step.next_due_at, step.reminders, step.lesson_sent,
-                row.id) for row, _rows, step in plans]  # _CHANGED, then the id
-    _write(session, postgres, now, [values for _row, rows, _step in plans for values in rows], changes)
-    reset = sorted({row.learner_id for row, _rows, step in plans if step.reasks != row.reasks})
+    changes: dict[tuple[Any, ...], list[int]] = {}  # _CHANGED -> the enrolments that change so
+    for row, step, _group in plans:
+        changes.setdefault((step.position, step.question, step.state, step.next_due_at, step.reminders,
+                            step.lesson_sent), []).append(row.id)
+    _write(session, postgres, now, [group for group in groups.values() if group.members], changes)
+    reset = sorted({row.learner_id for row, step, _group in plans if step.reasks != row.reasks})
     if reset:  # a lesson went out: the count of unclear answers starts again
         session.execute(update(Learner).where(_among(Learner.id, reset, postgres)).values(reasks=0))
     return read, len(plans)
 
 
-def _write(session: Session, postgres: bool, now: datetime, values: list[tuple[Any, ...]],
-           changes: list[tuple[Any, ...]]) -> None:
+@dataclass
+class _Group:
+    """The outbox rows of the enrolments that take one step alike, and those enrolments.
+
+    Each message is (key prefix, key suffix, channel, body, choices, ref, content_sid, content_variables, kind,
+    status, error_message), as `enqueue` would store them; a member is (enrolment id, learner id, address), and
+    its row's key is prefix + enrolment id + suffix.
+    """
+
+    messages: list[tuple[Any, ...]]
+    members: list[tuple[int, int, str]]
+
+
+def _messages(row: _Due, step: _Step, course: Course, held: bool) -> list[tuple[Any, ...]]:
+    """A group's messages (see _Group): a held WhatsApp step's template first, then the step's parts in order."""
+    if step.kind == "reminder":  # f"reminder:{enrolment}:{position}:{question}:{reminders}"
+        prefix, suffix = "reminder:", f":{row.position}:{row.question}:{row.reminders}"
+    else:  # f"lesson:{enrolment}:{lesson}"
+        prefix, suffix = "lesson:", f":{step.index}"
+    messages: list[tuple[Any, ...]] = []
+    status, reason = "queued", None
+    if held:
+        status, reason = "held", TEMPLATE_SENT if course.whatsapp_template else NO_TEMPLATE
+        if course.whatsapp_template:  # what queue_template queues
+            variables = {"1": course.title[course.languages[0]], "2": str(step.index + 1)}
+            messages.append(("template:" + prefix, suffix + ":0", "whatsapp", f"[template {course.whatsapp_template}]",
+                             None, None, course.whatsapp_template, variables, "template", "queued", None))
+    for n, (ref, parts) in enumerate(step.messages):
+        for part_no, part in enumerate(parts):
+            messages.append((prefix, f"{suffix}:{n}:{part_no}", row.channel, part.body, list(part.buttons) or None,
+                             ref, part.content_sid, part.content_variables, step.kind, status, reason))
+    return messages
+
+
+def _write(session: Session, postgres: bool, now: datetime, groups: list[_Group],
+           changes: dict[tuple[Any, ...], list[int]]) -> None:
     """Insert a batch's outbox rows (a key already there is skipped) and move its enrolments on."""
     if postgres:
         # choices and content_variables go in as the text SQLAlchemy's JSON type (json.dumps) would store.
-        if values:
-            rows = json.dumps([(*row[:5], _json_text(row[5]), *row[6:8], _json_text(row[8]), *row[9:])
-                               for row in values])
-            session.execute(_PG_INSERT, {"rows": rows, "priority": BULK_PRIORITY, "now": now})
-        moments: dict[datetime | None, str | None] = {None: None}
-        for change in changes:
-            if change[3] not in moments:
-                moments[change[3]] = change[3].isoformat()
-        session.execute(_PG_UPDATE, {"rows": json.dumps([(*change[:3], moments[change[3]], *change[4:])
-                                                         for change in changes]), "now": now})
+        rows = []
+        for group in groups:
+            messages = [(prefix, suffix, channel, body, _json_text(choices), ref, sid, _json_text(variables), *rest)
+                        for prefix, suffix, channel, body, choices, ref, sid, variables, *rest in group.messages]
+            for enrolment_id, learner_id, address in group.members:
+                for prefix, suffix, channel, *rest in messages:
+                    rows.append((prefix + str(enrolment_id) + suffix, learner_id, channel, address, *rest))
+        session.execute(_PG_INSERT, {"rows": json.dumps(rows), "priority": BULK_PRIORITY, "now": now})
+        session.execute(_PG_UPDATE, {"rows": json.dumps([
+            (*change[:3], None if change[3] is None else change[3].isoformat(), *change[4:], enrolment_id)
+            for change, ids in changes.items() for enrolment_id in ids]), "now": now})
         return
+    # SQLite: one INSERT … SELECT per group, its members sent as one JSON array and joined to its messages (the
+    # messages' values converted by the columns' own types, as the ORM stores them).
     connection = session.connection()
     dialect = connection.dialect
 
-    def converter(column: Any) -> Any:
-        """The column type's own conversion (as the ORM stores values), remembered per value where it can be."""
-        convert = column.type.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
-        seen: dict[Any, Any] = {}
+    def convert(column: Any, value: Any) -> Any:
+        processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+        return processor(value) if processor else value
 
-        def remembered(value: Any) -> Any:
-            if isinstance(value, list | dict):
-                return convert(value)
-            if value not in seen:
-                seen[value] = convert(value)
-            return seen[value]
-
-        return remembered
-
-    if values:
-        choices, variables = converter(OUTBOX.c.choices), converter(OUTBOX.c.content_variables)
-        stamp = converter(OUTBOX.c.created_at)(now)
-        constant = (None, BULK_PRIORITY, 0, stamp, converter(OUTBOX.c.erase_after_send)(False), stamp, stamp)
-        connection.exec_driver_sql(_SQLITE_INSERT, [  # _VARYING, then _CONSTANT
-            (*row[:5], choices(row[5]), *row[6:8], variables(row[8]), *row[9:], *constant) for row in values])
-    due_at = converter(ENROLMENTS.c.next_due_at)
-    stamp = converter(ENROLMENTS.c.lesson_sent_at)(now)
-    connection.exec_driver_sql(_SQLITE_UPDATE, [
-        (position, question, state, due_at(next_due_at), reminders, int(lesson_sent), enrolment_id, stamp)
-        for position, question, state, next_due_at, reminders, lesson_sent, enrolment_id in changes])
+    stamp = convert(OUTBOX.c.created_at, now)
+    constant = {"priority": BULK_PRIORITY, "now": stamp, "no": convert(OUTBOX.c.erase_after_send, False)}
+    for group in groups:
+        parameters = dict(constant, members=json.dumps(group.members))
+        selects = []
+        for seq, (prefix, suffix, channel, body, choices, ref, sid, variables, kind, status, reason) \
+                in enumerate(group.messages):
+            parameters.update({f"prefix{seq}": prefix, f"suffix{seq}": suffix, f"channel{seq}": channel,
+                               f"body{seq}": body, f"choices{seq}": convert(OUTBOX.c.choices, choices),
+                               f"ref{seq}": ref, f"sid{seq}": sid,
+                               f"variables{seq}": convert(OUTBOX.c.content_variables, variables),
+                               f"kind{seq}": kind, f"status{seq}": status, f"reason{seq}": reason})
+            selects.append(_SQLITE_MESSAGE.format(n=seq))
+        connection.exec_driver_sql(_SQLITE_INSERT.format(messages=" UNION ALL ".join(selects)), parameters)
+    due_at, sent_at = ENROLMENTS.c.next_due_at, ENROLMENTS.c.lesson_sent_at
+    for (position, question, state, next_due_at, reminders, lesson_sent), ids in changes.items():
+        connection.exec_driver_sql(_SQLITE_UPDATE, {
+            "position": position, "question": question, "state": state,
+            "due": convert(due_at, next_due_at), "reminders": reminders, "sent": int(lesson_sent),
+            "now": convert(sent_at, now), "ids": json.dumps(ids)})
 
 
 def _json_text(value: Any) -> str:
     """What SQLAlchemy's JSON type stores for `value` (most rows have no choices and no variables: null)."""
     return "null" if value is None else json.dumps(value)
-
-
-def _outbox_row(key: str, learner_id: int, channel: str, address: str, kind: str, part: Rendered,
-                ref: str | None, status: str, reason: str | None, content_sid: str | None,
-                content_variables: dict[str, str] | None) -> tuple[Any, ...]:
-    """What `enqueue` would store for one rendered part: the columns in _VARYING, in order (_write adds the rest)."""
-    return (key, learner_id, channel, address, part.body, list(part.buttons) or None, ref,
-            part.content_sid or content_sid, part.content_variables or content_variables, kind, status, reason)

@@ -16,9 +16,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, update
 
+from bot.channels.base import Rendered
 from bot.drips import plan_drips
 from bot.messages import say as message
 from bot.models import Enrolment, Learner, LearnerAddress, OutboundMessage
+from bot.outbox import enqueue
 from bot.runtime import Runtime
 from scheduler import TickReport, tick
 from tests.conftest import LESSONS, at
@@ -455,6 +457,36 @@ def test_planning_twice_or_concurrently_queues_each_lesson_once(rt: Runtime, fak
     Driver(rt, fake_twilio).tick(due)
     assert sum(1 for m in fake_twilio.messages if m.body.startswith(
         rt.catalog.get(COURSE).lessons[1].text_for("es", "sms")[:30])) == 3  # type: ignore[union-attr]
+
+
+def test_a_lesson_queued_elsewhere_leaves_only_its_enrolment_and_each_learners_messages_keep_their_order(
+        rt: Runtime) -> None:
+    """Learners in two languages (two groups of alike rows, see bot.drips._Group), one of whose next lesson
+    someone else already queued: the others are planned, that one is left as it was; every learner's rows are
+    stored in message order (the dispatcher sends a learner's messages by id)."""
+    enrol_and_finish(rt, [MX, US, HN], at("2026-06-01 18:00"))
+    set_learner(rt, US, language="en")
+    taken = enrolment(rt, HN)
+    with rt.factory() as session, session.begin():
+        enqueue(session, key=f"lesson:{taken.id}:1:0", learner_id=taken.learner_id, channel="sms", to_address=HN,
+                kind="lesson", now=at("2026-06-02 15:00"), parts=[Rendered("queued by another process")])
+    assert plan_drips(rt.factory, rt.context(at("2026-06-02 16:00")), rt.senders) == 2
+    assert (enrolment(rt, HN).position, enrolment(rt, HN).question) == (taken.position, taken.question)
+    course = rt.catalog.get(COURSE)
+    assert course is not None
+    for phone in (MX, US):
+        assert (enrolment(rt, phone).position, enrolment(rt, phone).question) == (1, 0)
+    with rt.factory() as session:
+        assert session.scalars(select(OutboundMessage.body).where(
+            OutboundMessage.idempotency_key.like(f"lesson:{taken.id}:1:%"))).all() == ["queued by another process"]
+        for phone, language in ((MX, "es"), (US, "en")):
+            rows = session.execute(select(OutboundMessage.idempotency_key, OutboundMessage.body)
+                                   .join(Learner, Learner.id == OutboundMessage.learner_id)
+                                   .where(Learner.phone == phone, OutboundMessage.idempotency_key.like("lesson:%"))
+                                   .order_by(OutboundMessage.id)).all()
+            keys = [key for key, _body in rows]
+            assert keys == sorted(keys) and len(keys) >= 2 and keys[0].endswith(":1:0:0")
+            assert rows[0].body.startswith(course.lessons[1].text_for(language, "sms")[:30])
 
 
 def test_enrolments_that_cannot_be_served_do_not_block_the_others(rt: Runtime, fake_twilio: FakeTwilio) -> None:
