@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, and_, exists, func, select, text, update
@@ -31,8 +32,22 @@ OUTCOMES = {"queued": "queued", "sending": "queued", "held": "queued", "sent": "
             "read": "delivered", "failed": "failed", "unknown": "unknown", "cancelled": "cancelled"}
 
 
+TEXT_LIMIT = 1600  # characters: one message on every channel (Twilio refuses longer bodies, error 21617)
+
+
 class BroadcastError(ValueError):
     """A broadcast that cannot be created as asked; the message names the field."""
+
+
+class AlreadySent(BroadcastError):
+    """A cancel that comes too late: the broadcast has gone out to every recipient."""
+
+
+class Cancelled(NamedTuple):
+    """What a cancel did: how many waiting messages it withdrew; `already` if it had been cancelled before."""
+
+    withdrawn: int
+    already: bool = False
 
 
 def validate(text: dict[str, str], segment: dict[str, str], catalog: Catalog) -> tuple[dict[str, str], dict[str, str]]:
@@ -47,6 +62,9 @@ def validate(text: dict[str, str], segment: dict[str, str], catalog: Catalog) ->
         control = sorted({f"U+{ord(ch):04X}" for ch in value if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127})
         if control:  # a paste from a spreadsheet or terminal: it would reach every phone as garbage
             raise BroadcastError(f"text.{language}: control characters {', '.join(control)}")
+        if len(value) > TEXT_LIMIT:  # SMS would split it into a dozen segments per recipient, or refuse it
+            raise BroadcastError(f"text.{language}: {len(value):,} characters; a broadcast is at most "
+                                 f"{TEXT_LIMIT:,} (one message on every channel)")
     segment = {key: value for key, value in segment.items() if value}
     for key in segment:
         if key not in SEGMENT_KEYS:
@@ -159,18 +177,27 @@ def create(factory: sessionmaker[Session], text: dict[str, str], segment: dict[s
         return broadcast.id
 
 
-def cancel(factory: sessionmaker[Session], broadcast_id: int, now: datetime) -> int:
-    """Stop a broadcast: nothing more is materialised, queued messages are withdrawn; returns how many."""
+def cancel(factory: sessionmaker[Session], broadcast_id: int, now: datetime) -> Cancelled:
+    """Stop a broadcast: nothing more is materialised, waiting messages are withdrawn.
+
+    Cancelling twice withdraws nothing the second time and says so (`already`). A broadcast that has gone out to
+    every recipient (released, nothing waiting) stays as it is: AlreadySent.
+    """
     with transaction(factory) as session:
         broadcast = session.get(Broadcast, broadcast_id)
         if broadcast is None:
             raise BroadcastError(f"no broadcast {broadcast_id}")
-        broadcast.state = "cancelled"
+        if broadcast.state == "cancelled":
+            return Cancelled(0, already=True)
         result = session.execute(
             update(OutboundMessage)
             .where(OutboundMessage.broadcast_id == broadcast_id, OutboundMessage.status.in_(("queued", "held")))
             .values(status="cancelled", updated_at=now))
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        withdrawn = int(result.rowcount)  # type: ignore[attr-defined]
+        if broadcast.state == "released" and not withdrawn:
+            raise AlreadySent(f"broadcast {broadcast_id} has gone out to every recipient: nothing left to cancel")
+        broadcast.state = "cancelled"
+        return Cancelled(withdrawn)
 
 
 def report(session: Session, broadcast_id: int) -> dict[str, int]:

@@ -267,10 +267,13 @@ def broadcast_cancel(broadcast_id: int) -> None:
 
     runtime = _runtime(_settings())
     try:
-        withdrawn = cancel(runtime.factory, broadcast_id, utcnow())
+        done = cancel(runtime.factory, broadcast_id, utcnow())
     except BroadcastError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"broadcast {broadcast_id} cancelled; {withdrawn} message(s) withdrawn")
+    if done.already:
+        click.echo(f"broadcast {broadcast_id} was already cancelled; nothing withdrawn")
+    else:
+        click.echo(f"broadcast {broadcast_id} cancelled; {done.withdrawn} message(s) withdrawn")
 
 
 @main.group()

@@ -260,11 +260,15 @@ def broadcast(broadcast_id: int) -> Any:
 @require_token("coordinator")
 def broadcast_cancel(broadcast_id: int) -> Any:
     try:
-        withdrawn = broadcasts.cancel(_runtime().factory, broadcast_id, utcnow())
-    except broadcasts.BroadcastError as error:  # its only refusal: no such broadcast
+        done = broadcasts.cancel(_runtime().factory, broadcast_id, utcnow())
+    except broadcasts.AlreadySent as error:
+        raise Conflict(None, str(error)) from None
+    except broadcasts.BroadcastError as error:  # its other refusal: no such broadcast
         raise Missing(str(error)) from None
-    log.info("broadcast %d cancelled through the API; %d message(s) withdrawn", broadcast_id, withdrawn)
-    return jsonify(id=broadcast_id, state="cancelled", withdrawn=withdrawn)
+    if done.already:
+        return jsonify(id=broadcast_id, state="cancelled", withdrawn=0, already_cancelled=True)
+    log.info("broadcast %d cancelled through the API; %d message(s) withdrawn", broadcast_id, done.withdrawn)
+    return jsonify(id=broadcast_id, state="cancelled", withdrawn=done.withdrawn)
 
 
 @bp.get("/courses")

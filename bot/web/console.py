@@ -548,10 +548,14 @@ def broadcast(broadcast_id: int) -> Any:
 def broadcast_cancel(broadcast_id: int) -> Any:
     runtime = _runtime()
     try:
-        withdrawn = broadcasts.cancel(runtime.factory, broadcast_id, utcnow())
+        done = broadcasts.cancel(runtime.factory, broadcast_id, utcnow())
+    except broadcasts.AlreadySent as error:
+        flash(f"{str(error)[0].upper()}{str(error)[1:]}.")
     except broadcasts.BroadcastError:
         abort(404)
-    flash(f"Broadcast cancelled; {withdrawn} waiting message(s) withdrawn.")
+    else:
+        flash("This broadcast was already cancelled." if done.already
+              else f"Broadcast cancelled; {done.withdrawn} waiting message(s) withdrawn.")
     return redirect(url_for("console.broadcast", broadcast_id=broadcast_id))
 
 

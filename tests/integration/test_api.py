@@ -545,12 +545,23 @@ def test_broadcast_cancel(as_role, people: dict[str, int], runtime: Runtime) -> 
     response = as_role("coordinator", "POST", f"/api/v1/broadcasts/{broadcast_id}/cancel")
     assert response.status_code == 200
     assert response.get_json() == {"id": broadcast_id, "state": "cancelled", "withdrawn": 0}
+    again = as_role("coordinator", "POST", f"/api/v1/broadcasts/{broadcast_id}/cancel")
+    assert again.status_code == 200 and again.get_json()["already_cancelled"] is True
     assert as_role("viewer", "GET", f"/api/v1/broadcasts/{broadcast_id}").get_json()["state"] == "cancelled"
     tick(runtime, now=at("2030-01-07 18:00"), budget=5)
     with runtime.factory() as session:
         assert session.scalar(select(func.count()).select_from(OutboundMessage)
                               .where(OutboundMessage.broadcast_id == broadcast_id)) == 0
     assert as_role("coordinator", "POST", "/api/v1/broadcasts/999999/cancel").status_code == 404
+
+
+def test_a_broadcast_that_has_gone_out_is_not_cancelled(as_role, runtime: Runtime) -> None:  # type: ignore[no-untyped-def]
+    body = {"text": {"es": "a" * 1600}, "segment": {"tag": "nobody-has-it"}}  # the longest text allowed
+    broadcast_id = as_role("coordinator", "POST", "/api/v1/broadcasts", body).get_json()["id"]
+    tick(runtime, now=at("2030-01-07 18:00"), budget=5)  # released: to nobody, so nothing is waiting
+    response = as_role("coordinator", "POST", f"/api/v1/broadcasts/{broadcast_id}/cancel")
+    assert response.status_code == 409 and "nothing left to cancel" in response.get_json()["error"]
+    assert as_role("viewer", "GET", f"/api/v1/broadcasts/{broadcast_id}").get_json()["state"] == "released"
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -567,6 +578,7 @@ def test_broadcast_cancel(as_role, people: dict[str, int], runtime: Runtime) -> 
     ({"text": {"fr": "salut"}}, "text"),
     ({"text": {"es": ["x"]}}, "text.es"),
     ({"text": {"es": "hola", "en": "a\x01b"}}, "text.en"),
+    ({"text": {"es": "a" * 1601}}, "text.es"),
     ({"text": {"es": "x"}, "send_at": "tomorrow"}, "send_at"),
     ({"text": {"es": "x"}, "send_at": "2030-01-07T18:00:00"}, "send_at"),
     ({"text": {"es": "x"}, "whatsapp_template": "nope"}, "whatsapp_template"),

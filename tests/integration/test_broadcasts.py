@@ -428,7 +428,7 @@ def test_cancel_withdraws_what_is_still_queued(rt: Runtime, fake_twilio: FakeTwi
     tick(rt, now=NOON_MX, budget=10)
     assert report(rt, broadcast_id) == {"queued": 4, "sent": 4, "delivered": 0, "failed": 0, "unknown": 0,
                                         "cancelled": 0}
-    assert broadcasts.cancel(rt.factory, broadcast_id, NOON_MX + timedelta(minutes=5)) == 4
+    assert broadcasts.cancel(rt.factory, broadcast_id, NOON_MX + timedelta(minutes=5)).withdrawn == 4
     assert report(rt, broadcast_id) == {"queued": 0, "sent": 4, "delivered": 0, "failed": 0, "unknown": 0,
                                         "cancelled": 4}
     tick(rt, now=NOON_MX + timedelta(hours=12), budget=10)  # Tokyo's morning
@@ -443,11 +443,27 @@ def test_cancel_withdraws_what_is_still_queued(rt: Runtime, fake_twilio: FakeTwi
 def test_cancel_before_the_send_time_sends_nothing(rt: Runtime, fake_twilio: FakeTwilio) -> None:
     add_learners(rt, phones("+52551000", 3))
     broadcast_id = create(rt, "Aviso", send_at=NOON_MX + timedelta(hours=1))
-    assert broadcasts.cancel(rt.factory, broadcast_id, NOON_MX) == 0
+    assert broadcasts.cancel(rt.factory, broadcast_id, NOON_MX) == (0, False)
+    assert broadcasts.cancel(rt.factory, broadcast_id, NOON_MX) == (0, True)  # twice: says it already was
     tick(rt, now=NOON_MX + timedelta(hours=2), budget=10)
     assert fake_twilio.messages == [] and rows_of(rt, broadcast_id) == []
     with pytest.raises(broadcasts.BroadcastError):
         broadcasts.cancel(rt.factory, 999_999, NOON_MX)
+
+
+def test_a_broadcast_that_has_gone_out_to_everyone_cannot_be_cancelled(rt: Runtime, cli,
+                                                                       fake_twilio: FakeTwilio) -> None:
+    add_learners(rt, phones("+52551000", 2))
+    broadcast_id = create(rt, "Aviso")
+    tick(rt, now=NOON_MX, budget=10)
+    assert len(fake_twilio.messages) == 2
+    with pytest.raises(broadcasts.AlreadySent):
+        broadcasts.cancel(rt.factory, broadcast_id, NOON_MX + timedelta(minutes=1))
+    code, lines = cli("broadcast", "cancel", str(broadcast_id), ok=False)
+    assert code != 0 and "gone out to every recipient" in lines[-1]
+    with rt.factory() as session:
+        assert session.get(Broadcast, broadcast_id).state == "released"  # type: ignore[union-attr]
+    assert report(rt, broadcast_id)["sent"] == 2 and report(rt, broadcast_id)["cancelled"] == 0
 
 
 def test_report_counts_each_outcome(rt: Runtime, fake_twilio: FakeTwilio) -> None:
@@ -578,6 +594,8 @@ def test_cli_broadcast_create_preview_list_tick_report_cancel(rt: Runtime, cli, 
     assert lines[-1] == f"broadcast {broadcast_id} cancelled; 2 message(s) withdrawn"
     _code, lines = cli("broadcast", "report", str(broadcast_id))
     assert {"queued: 0", "sent: 5", "cancelled: 2"} <= set(lines)
+    _code, lines = cli("broadcast", "cancel", str(broadcast_id))
+    assert lines[-1] == f"broadcast {broadcast_id} was already cancelled; nothing withdrawn"
 
     cli("tick", "--now", "2030-01-16T00:00:00Z", "--budget", "10")  # 09:00 in Tokyo
     tokyo = [m for m in fake_twilio.messages if m.to.startswith("+813")]
@@ -596,6 +614,8 @@ def test_cli_create_refuses_without_yes_and_names_bad_fields(rt: Runtime, cli) -
     assert code != 0 and "text" in "\n".join(lines)
     code, lines = cli("broadcast", "report", "424242", ok=False)
     assert code != 0
+    code, lines = cli("broadcast", "create", "--text-es", "Hola", "--text-en", "a" * 1601, "--yes", ok=False)
+    assert code != 0 and "text.en: 1,601 characters; a broadcast is at most 1,600" in "\n".join(lines)
     with rt.factory() as session:
         assert session.scalar(select(func.count()).select_from(Broadcast)) == 0
 

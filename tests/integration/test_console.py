@@ -435,6 +435,26 @@ def test_a_broadcast_composed_previewed_and_sent_reaches_twilio(app: Any, runtim
     assert re.search(r'id="sms-sent">1<', report) and 'id="recipients">1<' in report
     listing = client.get("/broadcasts").get_data(as_text=True)
     assert f"/broadcasts/{broadcast_id}" in listing
+    # it has gone out to everyone: cancelling says so and changes nothing
+    late = client.post(f"/broadcasts/{broadcast_id}/cancel", data={"csrf_token": token_of(client)},
+                       follow_redirects=True)
+    assert "has gone out to every recipient: nothing left to cancel." in late.get_data(as_text=True)
+    with runtime.factory() as session:
+        assert session.get(Broadcast, broadcast_id).state == "released"  # type: ignore[union-attr]
+
+
+def test_cancelling_a_broadcast_twice_says_it_already_was(app: Any, runtime: Runtime, users: dict[str, str]) -> None:
+    from bot.broadcasts import create
+
+    broadcast_id = create(runtime.factory, {"es": "Hola"}, {}, utcnow() + timedelta(days=1), runtime.catalog,
+                          utcnow())
+    client = as_role(app, users, "coordinator")
+    first = client.post(f"/broadcasts/{broadcast_id}/cancel", data={"csrf_token": token_of(client)},
+                        follow_redirects=True).get_data(as_text=True)
+    assert "Broadcast cancelled; 0 waiting message(s) withdrawn." in first
+    again = client.post(f"/broadcasts/{broadcast_id}/cancel", data={"csrf_token": token_of(client)},
+                        follow_redirects=True).get_data(as_text=True)
+    assert "This broadcast was already cancelled." in again
 
 
 # -- learner changes --------------------------------------------------------------------------------------
