@@ -44,7 +44,16 @@ CLAIM_DUE = (select(OUTBOX.c.id, OUTBOX.c.channel, OUTBOX.c.body, OUTBOX.c.conte
                     # this as a hash anti-join (it ran the subquery once per queued row: 35 ms per claim at 5,000)
                     ~_SENDING_AHEAD)
              .order_by(OUTBOX.c.priority, OUTBOX.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True))
-CLAIM_THESE = CLAIM_DUE.where(OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+# A request's own replies (by key) also wait for an earlier message of the learner that is due and would go
+# first in the dispatcher's order: a reply to an earlier message, not yet claimed, is never overtaken by the
+# replies to a later one (two requests of one learner handled side by side, the first one's replies unsent).
+_QUEUED_AHEAD = (select(_EARLIER.c.id).where(_EARLIER.c.learner_id == OUTBOX.c.learner_id,
+                                              _EARLIER.c.id < OUTBOX.c.id, _EARLIER.c.status == "queued",
+                                              _EARLIER.c.priority <= OUTBOX.c.priority,
+                                              _EARLIER.c.next_attempt_at <= bindparam("now"),
+                                              _EARLIER.c.idempotency_key.not_in(bindparam("keys", expanding=True)))
+                 .correlate(OUTBOX).exists())
+CLAIM_THESE = CLAIM_DUE.where(OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)), ~_QUEUED_AHEAD)
 CLAIM_LOCK = 0x766572  # "ver": advisory-lock namespace of the learners whose messages a claim takes (PostgreSQL)
 LEARNER_LOCKS = text("SELECT learner, pg_try_advisory_xact_lock(:space, learner) "
                      "FROM unnest(CAST(:learners AS integer[])) AS learner")
@@ -386,7 +395,8 @@ class Outbox:
 
         A web request calls it once its answer is on the wire: replies then go out at the pace their
         messages come in, instead of queueing behind the load. Rows another sender has claimed already, or
-        that must wait (rate limit, an earlier message of the learner in flight), are left to the dispatcher.
+        that must wait (rate limit, an earlier message of the learner in flight or not yet sent), are left to
+        the dispatcher.
         """
         done = Dispatch()
         try:

@@ -391,6 +391,26 @@ def test_the_replies_of_one_message_are_recorded_in_one_transaction(runtime, fak
     assert [r.provider_id for r in rows(runtime)] == [m.sid for m in fake_twilio.messages]
 
 
+def test_replies_to_a_later_message_never_overtake_those_to_an_earlier_one(runtime, fake_twilio: FakeTwilio) -> None:
+    """Two messages of one learner handled side by side (two workers): the second request's thread sends
+    its replies while the first one's are still unsent. They wait for the dispatcher, which sends all in order;
+    another learner's replies queued earlier hold nothing back."""
+    first = queue(runtime, "hola")
+    queue(runtime, "hola", phone="+525587654321")
+    second = queue(runtime, "SEGURIDAD")
+    assert runtime.outbox.send_now(list(second.reply_keys), fixed(T0)).sent == 0
+    assert fake_twilio.requests == 0
+    assert runtime.outbox.dispatch(fixed(T0)).sent == 1 + 1 + 3
+    mine = [m.body for m in fake_twilio.messages if m.to == PHONE]
+    [welcome] = [r.body for r in rows(runtime) if r.idempotency_key == first.reply_keys[0]]
+    assert mine[0] == welcome and len(mine) == 4
+    # the learner's next message goes straight out: nothing of theirs is left ahead of it
+    queue(runtime, "SEGURIDAD", now=T0 + timedelta(seconds=1), phone="+525587654321")
+    later = queue(runtime, "1", now=T0 + timedelta(seconds=1))
+    keys = list(later.reply_keys)
+    assert runtime.outbox.send_now(keys, fixed(T0 + timedelta(seconds=1))).sent == len(keys) > 0
+
+
 def test_a_reply_that_fails_holds_back_the_rest_of_the_request(runtime, fake_twilio: FakeTwilio) -> None:
     received = queue(runtime, "SEGURIDAD")
     fake_twilio.fail_next(Failure(500))
