@@ -59,6 +59,14 @@ class Sender(Protocol):
     def send(self, message: Outgoing) -> SendResult: ...
 
 
+def button_number(payload: str | None) -> int | None:
+    """The option number a pressed button carries (we send 1, 2, 3 …), or None for anything else: a payload
+    not ours, other digits ("²", "٣"), or a number too long to be an option."""
+    if payload and payload.isascii() and payload.isdigit() and len(payload) <= 3:
+        return int(payload)
+    return None
+
+
 def numbered(text: str, choices: tuple[str, ...]) -> str:
     """Options as numbered lines under the text, for channels without buttons."""
     if not choices:

@@ -16,7 +16,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Time
 
 from bot.channels.aiohttp_request import AiohttpRequest
 from bot.channels.aioloop import LoopThread
-from bot.channels.base import Outgoing, Rendered, SendResult, split_text
+from bot.channels.base import Outgoing, Rendered, SendResult, button_number, split_text
 from bot.config import Settings
 
 # RetryAfter.retry_after as a timedelta, the type python-telegram-bot moves to (without the opt-in every 429
@@ -95,10 +95,12 @@ def _parse_update(data: Any) -> TelegramEvent:
         query = update.callback_query
         message = query.message
         chat = message.chat if message is not None else None
-        ref, _, number = (query.data or "").rpartition("|")
-        if chat is None or chat.type != "private" or not number.isdigit():
+        data = query.data if isinstance(query.data, str) else ""
+        ref, _, number = data.rpartition("|")
+        choice = button_number(number)
+        if chat is None or chat.type != "private" or choice is None:
             return TelegramEvent("ignored", uid, callback_query_id=query.id)
-        return TelegramEvent("press", uid, chat_id=chat.id, choice=int(number), ref=ref or None,
+        return TelegramEvent("press", uid, chat_id=chat.id, choice=choice, ref=ref or None,
                              callback_query_id=query.id, message_id=message.message_id if message else None)
     if update.my_chat_member is not None:
         member = update.my_chat_member
@@ -111,6 +113,8 @@ def _parse_update(data: Any) -> TelegramEvent:
     message = update.message
     if message is None:
         return TelegramEvent("ignored", uid)  # channel posts, inline queries, polls …
+    if message.chat is None or not isinstance(message.text or "", str):
+        raise NotAnUpdate("not a Telegram Update: a message needs a chat, and its text must be a string")
     if message.chat.type != "private":
         return TelegramEvent("group", uid, chat_id=message.chat.id)
     media = sum(1 for name in MEDIA_FIELDS if getattr(message, name, None))

@@ -31,6 +31,7 @@ QUICK_REPLY_MAX = 3  # buttons WhatsApp allows in session without template appro
 QUICK_REPLY_BODY = 1024
 QUICK_REPLY_TITLE = 20  # WhatsApp's limit on a button title
 BODY_LIMIT = 1600  # Twilio rejects longer bodies (error 21617)
+MAX_MEDIA = 10  # files one inbound message carries at most (NumMedia)
 OPT_OUT_CODES = {"21610", "63014"}  # unsubscribed (STOP) / blocked on WhatsApp
 INVALID_CODES = {"21211", "21614", "30005", "30006", "63024"}
 RETRY_CODES = {"20429", "30008", "63018"}
@@ -79,10 +80,10 @@ def parse_inbound(form: Mapping[str, str]) -> TwilioInbound:
     if missing:
         raise BadRequest(f"missing {' and '.join(missing)}")
     channel = "whatsapp" if sender.lower().startswith("whatsapp:") else "sms"
-    try:
-        media_count = int(form.get("NumMedia") or 0)
-    except ValueError:
-        raise BadRequest("NumMedia is not a number") from None
+    media = (form.get("NumMedia") or "0").strip()
+    if not (media.isascii() and media.isdigit() and len(media) <= 3 and int(media) <= MAX_MEDIA):
+        raise BadRequest(f"NumMedia must be a whole number from 0 to {MAX_MEDIA}")
+    media_count = int(media)
     return TwilioInbound(
         channel=channel,
         message_sid=sid[:64],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request
 
 from bot.channels import twilio
+from bot.channels.base import button_number
 from bot.dispatcher import utcnow
 from bot.identity import BadAddress
 from bot.runtime import Runtime
@@ -46,8 +47,7 @@ def twilio_inbound() -> Response:
     except twilio.BadRequest as error:
         return _plain(400, str(error))
     runtime = _runtime()
-    payload = message.button_payload or ""
-    choice = int(payload) if payload.isdigit() else None
+    choice = button_number(message.button_payload)
     envelope = Envelope(channel=message.channel, provider_id=message.message_sid, address=message.address,
                         text=message.text, media_count=message.media_count, choice=choice, to=message.to or None,
                         replied_to=message.replied_to if choice is not None else None)

@@ -283,6 +283,10 @@ def test_wrong_or_missing_secret_is_403_without_effect(secret: str | None, tg: T
      b"\"chat\": {\"id\": 100000000000000000000000, \"type\": \"private\"}}}", "application/json"),
     (b"{\"update_id\": 100000000000000000000000, \"message\": {\"message_id\": 1, \"date\": 1764763401, "
      b"\"text\": \"hola\", \"chat\": {\"id\": 7, \"type\": \"private\"}}}", "application/json"),
+    (b"{\"update_id\": 5, \"message\": {\"message_id\": 1, \"date\": 1764763401, \"text\": \"hola\"}}",
+     "application/json"),
+    (b"{\"update_id\": 5, \"message\": {\"message_id\": 1, \"date\": 1764763401, \"text\": 12345, "
+     b"\"chat\": {\"id\": 7, \"type\": \"private\"}}}", "application/json"),
 ])
 def test_a_body_that_is_not_an_update_is_400(body: bytes, content_type: str, tg: Telegram, runtime,
                                              fake_telegram: FakeTelegram) -> None:
@@ -376,6 +380,20 @@ def test_press_is_acknowledged_before_it_is_graded(tg: Telegram, runtime, fake_t
                   if c.method == "sendMessage" and c.params["text"].startswith(say("right", "es")))
     assert acked < graded
     assert answers(runtime) == [(0, 0, 2, True)]
+
+
+@pytest.mark.parametrize("number", ["²", "9" * 5000, "1" * 4, ""])
+def test_a_press_whose_data_is_not_ours_is_answered_and_ignored(number: str, tg: Telegram, runtime,
+                                                                fake_telegram: FakeTelegram) -> None:
+    enrol(tg, runtime)
+    message_id, buttons = last_question(fake_telegram)
+    ref = buttons[0][1].rpartition("|")[0]
+    sent = len(fake_telegram.sent(CHAT))
+    assert tg.press(f"{ref}|{number}", message_id).status_code == 200
+    assert len(fake_telegram.of("answerCallbackQuery")) == 1  # the spinner stops
+    settle(runtime)
+    time.sleep(0.2)
+    assert len(fake_telegram.sent(CHAT)) == sent and answers(runtime) == []
 
 
 def test_old_press_and_double_press_count_once(tg: Telegram, runtime, fake_telegram: FakeTelegram) -> None:

@@ -221,6 +221,15 @@ def test_from_that_is_no_phone_number_is_400(twilio: TwilioWebhook, runtime, fak
     assert count(runtime, OutboundMessage) == 0
 
 
+@pytest.mark.parametrize("media", ["-3", "11", "1" * 5000, "²", "1.5", "uno"])
+def test_num_media_that_twilio_never_sends_is_400(media: str, twilio: TwilioWebhook, runtime,
+                                                  fake_twilio: FakeTwilio) -> None:
+    response = twilio.post(sms_form(PHONE, "hola", NumMedia=media))
+    assert response.status_code == 400
+    assert response.get_data(as_text=True).strip() == "NumMedia must be a whole number from 0 to 10"
+    assert_no_effect(runtime, fake_twilio)
+
+
 def _media_form(sender: str) -> dict[str, str]:
     return sms_form(sender, "", NumMedia="1", MediaContentType0="image/jpeg",
                     MediaUrl0="https://api.twilio.com/2010-04-01/Accounts/AC0/Messages/MM1/Media/ME1")

@@ -256,6 +256,17 @@ def test_payload_without_from_is_400(twilio: TwilioWebhook, runtime, fake_twilio
     assert count(runtime, InboundMessage) == 0
 
 
+@pytest.mark.parametrize("payload", ["²", "9" * 5000, "1" * 4, "otra-app", "-1"])
+def test_a_button_payload_that_is_not_an_option_number_is_read_as_its_text(payload: str, twilio: TwilioWebhook,
+                                                                          runtime, fake_twilio: FakeTwilio) -> None:
+    """Not one of our buttons (we send 1, 2, 3 …): no 5xx, and the message counts for what it says."""
+    form = {**fixture("text"), "Body": "hola", "ButtonPayload": payload, "ButtonText": "hola",
+            "OriginalRepliedMessageSid": "SMa1b2c3d4e5f60718293a4b5c6d7e8f90"}
+    [welcome] = post(twilio, runtime, fake_twilio, form, expect=1)
+    assert welcome.body.startswith(say("welcome", "es", "whatsapp")[:20])
+    assert count(runtime, InboundMessage) == 1
+
+
 # -- one person, one learner ------------------------------------------------------------------------------
 
 
