@@ -11,6 +11,8 @@ from bot.messages import WEEKDAY_NAMES, gsm_friendly, say
 from bot.schedule import describe_when, next_lesson_at
 
 LANGUAGE_CHOICES = ("Español", "English")
+# `pending` while the language question is open: asked, asked again after a slip, asked over the course menu
+ASKING_LANGUAGE = ("language", "language_again", "language_menu")
 
 
 @dataclass
@@ -175,7 +177,7 @@ class Turn:
     def _button_is_current(self) -> bool:
         ref = self.inbound.ref
         if ref == "menu" or ref == "lang":
-            return self.learner.pending in (("menu",) if ref == "menu" else ("language", "language_again"))
+            return self.learner.pending in (("menu",) if ref == "menu" else ASKING_LANGUAGE)
         found = self.current()
         if found is None or found[1].question is None:
             return False
@@ -184,6 +186,7 @@ class Turn:
 
     # -- keywords ----------------------------------------------------------------------------------
     def _keyword(self, intent: Intent, _language: str | None) -> None:
+        menu_open = self.learner.pending == "menu"
         self.learner.pending = None
         if intent is Intent.HELP:
             self.reply(self.say("help"))
@@ -197,8 +200,10 @@ class Turn:
             self._status()
         elif intent in (Intent.LANG_ES, Intent.LANG_EN):
             self._set_language("es" if intent is Intent.LANG_ES else "en")
+            if menu_open:  # the course menu stays open: its numbers still choose a course
+                self.learner.pending = "menu"
         elif intent is Intent.LANGUAGE:
-            self.learner.pending = "language"
+            self.learner.pending = "language_menu" if menu_open else "language"
             self.reply(self.say("language_ask"), LANGUAGE_CHOICES, ref="lang")
         elif intent is Intent.DELETE:
             self.learner.pending = "delete"
@@ -207,6 +212,10 @@ class Turn:
     def _pending(self, text: str, intent: Intent | None) -> bool:
         """Handle the answer to a question we asked; False lets the message through as usual."""
         pending, self.learner.pending = self.learner.pending, None
+        if self.inbound.course_start is not None:  # Telegram /start: a fresh start, never an answer to us
+            if pending == "delete":
+                self.reply(self.say("delete_cancelled"))
+            return False
         word = normalise(text)
         if pending == "delete":
             if word in CONFIRM_WORDS:
@@ -215,7 +224,7 @@ class Turn:
             else:
                 self.reply(self.say("delete_cancelled"))
             return True
-        if pending in ("language", "language_again"):
+        if pending in ASKING_LANGUAGE:
             choice = self.inbound.choice or parse_choice(text, list(LANGUAGE_CHOICES))
             if word in {"ES", "SPANISH", "CASTELLANO", "ESPANOL"}:
                 choice = 1
@@ -223,8 +232,10 @@ class Turn:
                 choice = 2
             if choice in (1, 2):
                 self._set_language("es" if choice == 1 else "en")
+                if pending == "language_menu":  # asked with the course menu open: it stays open
+                    self.learner.pending = "menu"
                 return True
-            if pending == "language" and intent is None:  # a slip right after the choice: asked once more
+            if pending != "language_again" and intent is None:  # a slip right after the choice: asked once more
                 self.learner.pending = "language_again"
                 self.reply(f"{self.say('reask', count=2)}\n{self.say('language_ask')}", LANGUAGE_CHOICES,
                            ref="lang")

@@ -1026,6 +1026,38 @@ def test_a_language_button_from_the_second_ask_counts() -> None:
     assert chat.state.language == "en"
 
 
+@pytest.mark.parametrize("switch", [["EN"], ["LANGUAGE", "2"], ["IDIOMA", "English"]])
+def test_a_language_switch_keeps_the_course_menu_open(switch: list[str]) -> None:
+    chat = Chat()
+    chat.send("hola")  # the welcome and its numbered menu
+    for text in switch:
+        chat.send(text)
+    assert chat.state.language == "en" and chat.state.pending == "menu"
+    effects = chat.send("2")  # still the menu's second course, now in English
+    assert effects.replies[0].text == say("enrolled", "en", "whatsapp", course="Health on the road", total=1)
+    assert chat.state.current_course == "salud"
+
+
+def test_a_language_switch_without_the_menu_open_does_not_open_it() -> None:
+    chat = Chat()
+    chat.send("EN")
+    assert chat.state.pending is None
+    assert chat.send("2").replies[0].text == say("welcome", "en", "whatsapp")
+
+
+@pytest.mark.parametrize("ask", ["/lang", "/delete"])
+def test_telegram_start_after_a_question_of_ours_is_a_fresh_start(ask: str) -> None:
+    chat = enrolled(channel="telegram")
+    chat.send(ask)
+    effects = chat.send("", course_start="")
+    texts = [reply.text for reply in effects.replies]
+    expected = [say("welcome", "es", "telegram")]
+    if ask == "/delete":
+        expected.insert(0, say("delete_cancelled", "es", "telegram"))
+    assert texts == expected and not effects.erase
+    assert chat.state.pending == "menu" and chat.state.language == "es" and effects.graded == []
+
+
 def test_course_content_follows_the_language() -> None:
     chat = Chat(language="en")
     effects = chat.send("security")
