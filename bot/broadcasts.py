@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -121,9 +122,14 @@ class Preview:
         return {channel: round(self.units(channel) * prices[channel], 4)
                 for channel in sorted(self.recipients) if channel in prices}
 
-    def lines(self, prices: dict[str, float] | None = None, currency: str = "USD") -> list[str]:
+    def lines(self, prices: dict[str, float] | None = None, currency: str = "USD",
+              channels: Collection[str] | None = None) -> list[str]:
+        """The preview as text; with `channels` (those this server sends on), recipients on any other channel
+        are flagged: they would get nothing."""
         out = [f"recipients: {sum(self.recipients.values())}"]
-        out += [f"  {channel}: {count}" for channel, count in sorted(self.recipients.items())]
+        for channel, count in sorted(self.recipients.items()):
+            off = channels is not None and channel not in channels and count
+            out.append(f"  {channel}: {count}" + (" - channel off on this server: they get nothing" if off else ""))
         for language, (encoding, segments, chars) in sorted(self.sms.items()):
             forced = f"; forces UCS-2: {' '.join(chars)}" if chars else ""
             out.append(f"SMS text [{language}]: {encoding}, {segments} segment(s) per message{forced}")

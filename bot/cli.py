@@ -169,7 +169,8 @@ def _show_preview(runtime, text: dict[str, str], segment: dict[str, str]) -> Non
         raise click.ClickException(str(error)) from None
     with runtime.factory() as session:
         settings = runtime.settings
-        for line in preview(session, text, segment).lines(settings.message_prices, settings.price_currency):
+        shown = preview(session, text, segment)
+        for line in shown.lines(settings.message_prices, settings.price_currency, runtime.senders):
             click.echo(line)
 
 

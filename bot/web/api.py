@@ -238,6 +238,8 @@ def broadcast_preview() -> Any:
              for language, (encoding, segments, chars) in found.sms.items()},
         sms_segments=found.sms_segments,
         estimated_cost=_cost(found, runtime.settings),
+        # channels with recipients that this server does not send on (not configured): they would get nothing
+        channels_off=sorted(c for c, n in found.recipients.items() if n and c not in runtime.senders),
     )
 
 

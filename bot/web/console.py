@@ -477,7 +477,7 @@ def broadcast_compose() -> Any:
     if request.form.get("action") != "send":
         with runtime.factory() as db:
             preview = broadcasts.preview(db, text, segment)
-        lines = preview.lines(runtime.settings.message_prices, runtime.settings.price_currency)
+        lines = preview.lines(runtime.settings.message_prices, runtime.settings.price_currency, runtime.senders)
         return _broadcast_page(form, preview=preview, preview_lines=lines, send_at=send_at)
     broadcast_id = broadcasts.create(runtime.factory, text, segment, send_at, runtime.catalog, now,
                                      whatsapp_template=template, created_by=session.get("email"))

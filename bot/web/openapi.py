@@ -95,8 +95,12 @@ SCHEMAS: dict[str, Schema] = {
         "sms_segments": INT,
         "estimated_cost": {"oneOf": [{"type": "null"}, _obj({
             "by_channel": {"type": "object", "additionalProperties": NUM}, "total": NUM, "currency": STR})],
-            "description": "with MESSAGE_PRICES set: SMS segments and messages times their price"}}),
-    "Cancelled": _obj({"id": INT, "state": {"const": "cancelled"}, "withdrawn": INT}),
+            "description": "with MESSAGE_PRICES set: SMS segments and messages times their price"},
+        "channels_off": {"type": "array", "items": CHANNEL,
+                         "description": "channels with recipients this server does not send on: they get nothing"}}),
+    "Cancelled": _obj({"id": INT, "state": {"const": "cancelled"}, "withdrawn": INT,
+                       "already_cancelled": {"type": "boolean", "description": "true: it was cancelled before"}},
+                      ("id", "state", "withdrawn")),
     "Course": _obj({
         "id": STR, "title": TEXTS, "description": TEXTS, "languages": {"type": "array", "items": STR},
         "channels": {"type": "array", "items": CHANNEL}, "keywords": {"type": "array", "items": STR},

@@ -76,6 +76,29 @@ def test_api_preview_without_prices_has_no_money_estimate(app: Any, runtime: Run
     preview = app.test_client().post("/api/v1/broadcasts/preview", headers={"Authorization": f"Bearer {token}"},
                                      json={"text": {"es": SPANISH}, "segment": {}}).get_json()
     assert preview["estimated_cost"] is None and preview["sms_segments"] == 8
+    assert preview["channels_off"] == []
+
+
+def test_a_preview_flags_recipients_on_a_channel_this_server_does_not_send_on(settings: Settings,
+                                                                             runtime: Runtime) -> None:
+    """Twilio not configured: the SMS and WhatsApp learners would get nothing, and the preview says so."""
+    learners(runtime)
+    application = _testing_app(settings.with_(twilio_account_sid=None, twilio_auth_token=None))
+    try:
+        off: Runtime = application.extensions["vereda"]
+        token = create_token(off.factory, "coordinator", utcnow())
+        preview = application.test_client().post(
+            "/api/v1/broadcasts/preview", headers={"Authorization": f"Bearer {token}"},
+            json={"text": {"es": SPANISH}, "segment": {}}).get_json()
+        assert preview["channels_off"] == ["sms", "whatsapp"]
+        from bot import broadcasts
+
+        with off.factory() as session:
+            lines = broadcasts.preview(session, {"es": SPANISH}, {}).lines(channels=off.senders)
+        assert "  sms: 4 - channel off on this server: they get nothing" in lines
+        assert "  whatsapp: 1 - channel off on this server: they get nothing" in lines
+    finally:
+        _close(application.extensions["vereda"])
 
 
 def test_cli_preview_shows_the_cost_in_money(settings: Settings, fake_twilio: FakeTwilio, runtime: Runtime,
