@@ -65,12 +65,16 @@ def create_token(factory: sessionmaker[Session], role: str, now: datetime, label
     return token
 
 
-def revoke_token(factory: sessionmaker[Session], token_id: int, now: datetime) -> None:
+def revoke_token(factory: sessionmaker[Session], token_id: int, now: datetime) -> bool:
+    """Revoke a token; False if it was revoked before (it stays revoked since then)."""
     with transaction(factory) as session:
         row = session.get(ApiToken, token_id)
         if row is None:
             raise AuthError(f"no token {token_id}")
-        row.revoked_at = row.revoked_at or now
+        if row.revoked_at is not None:
+            return False
+        row.revoked_at = now
+        return True
 
 
 def token_role(factory: sessionmaker[Session], token: str, now: datetime) -> str | None:

@@ -348,10 +348,10 @@ def admin_revoke_token(token_id: int) -> None:
 
     runtime = _runtime(_settings())
     try:
-        revoke_token(runtime.factory, token_id, utcnow())
+        revoked = revoke_token(runtime.factory, token_id, utcnow())
     except AuthError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"token {token_id} revoked")
+    click.echo(f"token {token_id} revoked" if revoked else f"token {token_id} was already revoked")
 
 
 @main.group()

@@ -211,6 +211,21 @@ def test_bad_and_revoked_tokens_are_refused(client, runtime: Runtime) -> None:  
     assert client.get("/api/v1/learners", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
+def test_cli_tokens_are_created_listed_and_revoked_once(cli, client) -> None:  # type: ignore[no-untyped-def]
+    _code, lines = cli("admin", "create-token", "--role", "coordinator", "--label", "mision")
+    token = lines[-1]
+    assert client.get("/api/v1/learners", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    _code, listed = cli("admin", "list-tokens")
+    [row] = [line.split("\t") for line in listed]
+    assert row[1:] == ["coordinator", "active", "mision"] and token not in "".join(listed)
+    assert cli("admin", "revoke-token", row[0])[1] == [f"token {row[0]} revoked"]
+    assert cli("admin", "revoke-token", row[0])[1] == [f"token {row[0]} was already revoked"]
+    assert cli("admin", "list-tokens")[1] == [f"{row[0]}\tcoordinator\trevoked\tmision"]
+    assert client.get("/api/v1/learners", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    code, lines = cli("admin", "revoke-token", "999", ok=False)
+    assert code != 0 and lines[-1] == "Error: no token 999"
+
+
 def test_unknown_routes_and_methods_answer_json(as_role) -> None:  # type: ignore[no-untyped-def]
     missing = as_role("admin", "GET", "/api/v1/nothing-here")
     assert missing.status_code == 404 and missing.get_json()["error"]
