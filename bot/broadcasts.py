@@ -60,7 +60,8 @@ def validate(text: dict[str, str], segment: dict[str, str], catalog: Catalog) ->
     if unknown:
         raise BroadcastError(f"text: unknown language {', '.join(sorted(unknown))} (es, en)")
     for language, value in text.items():
-        control = sorted({f"U+{ord(ch):04X}" for ch in value if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127})
+        control = sorted({f"U+{ord(ch):04X}" for ch in value if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127
+                          or 0xD800 <= ord(ch) <= 0xDFFF})  # a lone surrogate (JSON "\\ud800") is no character
         if control:  # a paste from a spreadsheet or terminal: it would reach every phone as garbage
             raise BroadcastError(f"text.{language}: control characters {', '.join(control)}")
         if len(value) > TEXT_LIMIT:  # SMS would split it into a dozen segments per recipient, or refuse it

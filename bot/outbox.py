@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Table, bindparam, insert, or_, select, text, update
+from sqlalchemy import Connection, CursorResult, Table, and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.channels.base import Outgoing, Rendered, Sender, SendResult
@@ -33,24 +33,28 @@ LEARNERS: Table = Learner.__table__  # type: ignore[assignment]
 INSERT_EVENT = insert(EVENTS)
 _EARLIER = OUTBOX.alias("earlier")
 # Each learner's messages leave in order, also across processes: a row waits while an earlier row of the same
-# learner is being sent (by this process or another). See Outbox.claim for the PostgreSQL race this leaves.
-_SENDING_AHEAD = (select(_EARLIER.c.id).where(_EARLIER.c.learner_id == OUTBOX.c.learner_id,
-                                               _EARLIER.c.id < OUTBOX.c.id, _EARLIER.c.status == "sending")
-                  .correlate(OUTBOX).exists())
+# learner is being sent (by this process or another), or waits for its retry (a send that failed and is tried
+# again later holds back what came after it; an earlier bulk row never holds back a reply). See Outbox.claim
+# for the PostgreSQL race this leaves.
+_HELD_UP = (select(_EARLIER.c.id).where(
+    _EARLIER.c.learner_id == OUTBOX.c.learner_id, _EARLIER.c.id < OUTBOX.c.id,
+    or_(_EARLIER.c.status == "sending",
+        and_(_EARLIER.c.status == "queued", _EARLIER.c.next_attempt_at > bindparam("now"),
+             _EARLIER.c.priority <= OUTBOX.c.priority)))
+    .correlate(OUTBOX).exists())
 CLAIM_DUE = (select(OUTBOX.c.id, OUTBOX.c.channel, OUTBOX.c.body, OUTBOX.c.content_sid, OUTBOX.c.learner_id)
              .where(OUTBOX.c.status == "queued", OUTBOX.c.next_attempt_at <= bindparam("now"),
                     OUTBOX.c.channel.in_(bindparam("channels", expanding=True)),
                     # no `learner_id IS NULL OR …`: NULL never matches, and the OR kept PostgreSQL from planning
                     # this as a hash anti-join (it ran the subquery once per queued row: 35 ms per claim at 5,000)
-                    ~_SENDING_AHEAD)
+                    ~_HELD_UP)
              .order_by(OUTBOX.c.priority, OUTBOX.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True))
-# A request's own replies (by key) also wait for an earlier message of the learner that is due and would go
-# first in the dispatcher's order: a reply to an earlier message, not yet claimed, is never overtaken by the
-# replies to a later one (two requests of one learner handled side by side, the first one's replies unsent).
+# A request's own replies (by key) also wait for any earlier queued message of the learner that goes first in
+# the dispatcher's order: a reply to an earlier message, not yet claimed, is never overtaken by the replies to a
+# later one (two requests of one learner handled side by side, the first one's replies unsent).
 _QUEUED_AHEAD = (select(_EARLIER.c.id).where(_EARLIER.c.learner_id == OUTBOX.c.learner_id,
                                               _EARLIER.c.id < OUTBOX.c.id, _EARLIER.c.status == "queued",
                                               _EARLIER.c.priority <= OUTBOX.c.priority,
-                                              _EARLIER.c.next_attempt_at <= bindparam("now"),
                                               _EARLIER.c.idempotency_key.not_in(bindparam("keys", expanding=True)))
                  .correlate(OUTBOX).exists())
 CLAIM_THESE = CLAIM_DUE.where(OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)), ~_QUEUED_AHEAD)
@@ -277,7 +281,15 @@ class Outbox:
         sender = self.senders.get(message.channel)
         if sender is None:
             return SendResult(False, error_code="config", error_message=f"channel {message.channel} is off")
-        return sender.send(message)
+        try:
+            return sender.send(message)
+        except Exception as error:  # a bug, or a row no provider could take: it fails, the rest go on
+            # Never retried: the request may have reached the provider. The error's text may hold the address,
+            # so the traceback is logged at DEBUG only.
+            log.error("message %s: the %s sender failed unexpectedly (%s); the message is marked failed",
+                      message.id, message.channel, type(error).__name__)
+            log.debug("sender failure of message %s", message.id, exc_info=True)
+            return SendResult(False, error_code="internal", error_message=f"internal error: {type(error).__name__}")
 
     def record(self, message: Outgoing, result: SendResult, now: datetime) -> str:
         """Store one attempt's result (an UPDATE and a history row); returns the row's new status."""

@@ -60,10 +60,23 @@ class NotAnUpdate(ValueError):
     """A body that is not a Telegram Update (400)."""
 
 
-def telegram_id_in_range(value: int) -> bool:
-    """Telegram's ids (chat, update, message) fit a signed 64-bit integer, as our columns do; others are not
-    from Telegram."""
-    return -(2**63) <= value < 2**63
+def telegram_id_in_range(value: object) -> bool:
+    """Telegram's ids (chat, update, message) are integers that fit a signed 64-bit integer, as our columns do;
+    others (strings, fractions, true/false) are not from Telegram."""
+    return type(value) is int and -(2**63) <= value < 2**63
+
+
+def _unicode(value: object) -> bool:
+    """Text we can store: a string without lone surrogates (JSON's "\\ud800" decodes to one)."""
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def split_start(text: str) -> tuple[str | None, str]:
@@ -78,8 +91,9 @@ def split_start(text: str) -> tuple[str | None, str]:
 def parse_update(data: Any) -> TelegramEvent:
     """Parse a webhook body with `Update.de_json` and say what it means."""
     event = _parse_update(data)
-    if not all(telegram_id_in_range(value) for value in (event.update_id, event.chat_id or 0, event.message_id or 0)):
-        raise NotAnUpdate("not a Telegram Update: an id out of range")
+    ids = (event.update_id, *(value for value in (event.chat_id, event.message_id) if value is not None))
+    if not all(telegram_id_in_range(value) for value in ids) or event.chat_id == 0:
+        raise NotAnUpdate("not a Telegram Update: an id that is no 64-bit integer")
     return event
 
 
@@ -95,7 +109,9 @@ def _parse_update(data: Any) -> TelegramEvent:
         query = update.callback_query
         message = query.message
         chat = message.chat if message is not None else None
-        data = query.data if isinstance(query.data, str) else ""
+        if not _unicode(query.data):
+            raise NotAnUpdate("not a Telegram Update: callback data must be text")
+        data = query.data or ""
         ref, _, number = data.rpartition("|")
         choice = button_number(number)
         if chat is None or chat.type != "private" or choice is None:
@@ -104,6 +120,8 @@ def _parse_update(data: Any) -> TelegramEvent:
                              callback_query_id=query.id, message_id=message.message_id if message else None)
     if update.my_chat_member is not None:
         member = update.my_chat_member
+        if member.chat is None or member.new_chat_member is None:
+            raise NotAnUpdate("not a Telegram Update: my_chat_member needs chat and new_chat_member")
         if member.chat.type != "private":
             return TelegramEvent("ignored", uid)
         status = member.new_chat_member.status
@@ -113,8 +131,8 @@ def _parse_update(data: Any) -> TelegramEvent:
     message = update.message
     if message is None:
         return TelegramEvent("ignored", uid)  # channel posts, inline queries, polls …
-    if message.chat is None or not isinstance(message.text or "", str):
-        raise NotAnUpdate("not a Telegram Update: a message needs a chat, and its text must be a string")
+    if message.chat is None or not _unicode(message.text):
+        raise NotAnUpdate("not a Telegram Update: a message needs a chat, and its text must be text")
     if message.chat.type != "private":
         return TelegramEvent("group", uid, chat_id=message.chat.id)
     media = sum(1 for name in MEDIA_FIELDS if getattr(message, name, None))

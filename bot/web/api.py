@@ -53,7 +53,10 @@ def _page() -> tuple[int, int]:
 
 
 def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the JSON parser goes
+        body = None
     if not isinstance(body, dict):
         raise Invalid("", "send a JSON object (Content-Type: application/json)")
     return body

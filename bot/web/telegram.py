@@ -27,6 +27,8 @@ def telegram_update() -> Response:
         return _plain(403, "invalid X-Telegram-Bot-Api-Secret-Token")
     try:
         event = parse_update(request.get_json(silent=True))
+    except RecursionError:  # JSON nested deeper than the parser goes
+        return _plain(400, "not a Telegram Update: nested too deeply")
     except NotAnUpdate as error:
         return _plain(400, str(error))
     if event.callback_query_id:

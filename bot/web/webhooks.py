@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, current_app, request
 
 from bot.channels import twilio
@@ -14,6 +16,10 @@ from bot.services import Envelope, receive
 bp = Blueprint("webhooks", __name__)
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+# What a status callback may carry: a status word (sent, delivered, canceled …; one we do not know
+# goes into the history without moving the message) and a numeric error code, each within its column.
+STATUS_WORD = re.compile(r"[a-z_]{1,16}")
+ERROR_CODE = re.compile(r"[0-9]{1,16}")
 
 
 def _runtime() -> Runtime:
@@ -70,5 +76,10 @@ def twilio_status() -> Response:
     if not sid or not status:
         return _plain(400, "missing MessageSid or MessageStatus")
     error_code = (request.form.get("ErrorCode") or "").strip() or None
+    if not STATUS_WORD.fullmatch(status.lower()) or len(sid) > 64:
+        return _plain(400, "MessageStatus must be a Twilio status word (e.g. delivered), MessageSid at most 64 "
+                           "characters")
+    if error_code is not None and not ERROR_CODE.fullmatch(error_code):
+        return _plain(400, "ErrorCode must be a number of at most 16 digits")
     _runtime().outbox.status_callback_received(sid, status, error_code, utcnow())
     return Response(EMPTY_TWIML, mimetype="text/xml")

@@ -593,6 +593,7 @@ def test_a_broadcast_that_has_gone_out_is_not_cancelled(as_role, runtime: Runtim
     ({"text": {"fr": "salut"}}, "text"),
     ({"text": {"es": ["x"]}}, "text.es"),
     ({"text": {"es": "hola", "en": "a\x01b"}}, "text.en"),
+    ({"text": {"es": "hola \ud800"}}, "text.es"),
     ({"text": {"es": "a" * 1601}}, "text.es"),
     ({"text": {"es": "x"}, "send_at": "tomorrow"}, "send_at"),
     ({"text": {"es": "x"}, "send_at": "2030-01-07T18:00:00"}, "send_at"),
@@ -611,6 +612,10 @@ def test_broadcast_validation_names_the_field(body: dict[str, Any], field: str, 
 def test_broadcast_body_must_be_json(client, tokens) -> None:  # type: ignore[no-untyped-def]
     response = client.post("/api/v1/broadcasts", data="text=hola", headers=tokens["coordinator"])
     assert response.status_code == 400 and "field" not in response.get_json()
+    nested = "[" * 100_000  # deeper than the JSON parser goes
+    response = client.post("/api/v1/broadcasts", data=nested, content_type="application/json",
+                           headers=tokens["coordinator"])
+    assert response.status_code == 400 and "JSON object" in response.get_json()["error"]
 
 
 # -- courses ---------------------------------------------------------------------------------------------

@@ -411,6 +411,62 @@ def test_replies_to_a_later_message_never_overtake_those_to_an_earlier_one(runti
     assert runtime.outbox.send_now(keys, fixed(T0 + timedelta(seconds=1))).sent == len(keys) > 0
 
 
+def test_a_reply_waiting_for_its_retry_holds_back_the_learners_later_messages(runtime,
+                                                                            fake_twilio: FakeTwilio) -> None:
+    """A send fails (500) and waits for its retry: the learner's next replies wait behind it, whoever sends
+    them, and then all go in order; other learners are not held up, nor are replies by bulk waiting ahead."""
+    first = queue(runtime, "hola")
+    fake_twilio.fail_next(Failure(500))
+    assert runtime.outbox.send_now(list(first.reply_keys), fixed(T0)).retried == 1
+    [welcome] = rows(runtime)
+    retry_at = welcome.next_attempt_at
+    later = queue(runtime, "1", now=T0 + timedelta(seconds=1))
+    other = queue(runtime, "hola", now=T0 + timedelta(seconds=1), phone="+525587654321")
+    assert runtime.outbox.send_now(list(later.reply_keys), fixed(T0 + timedelta(seconds=1))).sent == 0
+    assert runtime.outbox.dispatch(fixed(T0 + timedelta(seconds=1))).sent == len(other.reply_keys)
+    assert [m.to for m in fake_twilio.messages] == ["+525587654321"]
+    done = runtime.outbox.dispatch(fixed(retry_at))
+    assert done.sent == 1 + len(later.reply_keys)
+    mine = [m.body for m in fake_twilio.messages if m.to == PHONE]
+    assert mine == [r.body for r in rows(runtime) if r.to_address == PHONE]  # in the order they were queued
+    # a bulk message deferred (quiet hours) ahead of a reply does not hold the reply back
+    with runtime.factory() as session:
+        session.execute(update(OutboundMessage).where(OutboundMessage.id == welcome.id)
+                        .values(status="queued", priority=10, next_attempt_at=T0 + timedelta(hours=9)))
+        session.commit()
+    t = retry_at + timedelta(seconds=1)
+    reply = queue(runtime, "AYUDA", now=t)
+    assert runtime.outbox.send_now(list(reply.reply_keys), fixed(t)).sent == 1
+
+
+def test_a_sender_that_raises_fails_that_message_and_the_rest_go_on(runtime, fake_twilio: FakeTwilio,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    queue(runtime, "SEGURIDAD")  # three replies
+    real = runtime.outbox.senders["sms"].send
+    calls: list[int] = []
+
+    def flaky(message):  # type: ignore[no-untyped-def]
+        calls.append(message.id)
+        if len(calls) == 1:
+            raise ValueError(f"invalid literal for int(): {message.to_address!r}")
+        return real(message)
+
+    runtime.outbox.senders["sms"].send = flaky
+    try:
+        with caplog.at_level("INFO"):
+            done = runtime.outbox.dispatch(fixed(T0))
+    finally:
+        runtime.outbox.senders["sms"].send = real
+    assert (done.sent, done.failed) == (2, 1)
+    first, *rest = rows(runtime)
+    assert (first.status, first.error_code) == ("failed", "internal")
+    assert [r.status for r in rest] == ["sent", "sent"] and len(fake_twilio.messages) == 2
+    assert all(r.claim_token is None for r in rows(runtime))
+    logged = [r for r in caplog.records if r.levelno >= 20]
+    assert any("failed unexpectedly (ValueError)" in r.getMessage() for r in logged)
+    assert not any(PHONE[-8:] in r.getMessage() or r.exc_info for r in logged)  # no address, no traceback
+
+
 def test_a_reply_that_fails_holds_back_the_rest_of_the_request(runtime, fake_twilio: FakeTwilio) -> None:
     received = queue(runtime, "SEGURIDAD")
     fake_twilio.fail_next(Failure(500))

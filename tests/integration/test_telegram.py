@@ -285,6 +285,24 @@ def test_wrong_or_missing_secret_is_403_without_effect(secret: str | None, tg: T
      b"\"text\": \"hola\", \"chat\": {\"id\": 7, \"type\": \"private\"}}}", "application/json"),
     (b"{\"update_id\": 5, \"message\": {\"message_id\": 1, \"date\": 1764763401, \"text\": \"hola\"}}",
      "application/json"),
+    *[(json.dumps({"update_id": 5, "message": {"message_id": 1, "date": 1764763401, "text": "hola",
+                                                "chat": {"id": chat_id, "type": "private"}}}).encode(),
+       "application/json") for chat_id in ("abc", "7007", 7008.5, 0, True)],
+    (json.dumps({"update_id": True, "message": {"message_id": 1, "date": 1764763401, "text": "hola",
+                                                 "chat": {"id": 7, "type": "private"}}}).encode(), "application/json"),
+    (b"{\"update_id\": 5, \"message\": {\"message_id\": 1, \"date\": 1764763401, \"text\": \"\\ud800hola\", "
+     b"\"chat\": {\"id\": 7, \"type\": \"private\"}}}", "application/json"),
+    (json.dumps({"update_id": 5, "my_chat_member": {
+        "from": {"id": 7, "is_bot": False, "first_name": "A"}, "date": 1764763401,
+        "old_chat_member": {"status": "member", "user": {"id": 1, "is_bot": True, "first_name": "B"}},
+        "new_chat_member": {"status": "kicked", "user": {"id": 1, "is_bot": True, "first_name": "B"},
+                            "until_date": 0}}}).encode(), "application/json"),
+    (json.dumps({"update_id": 5, "my_chat_member": {
+        "chat": {"id": 7, "type": "private"}, "from": {"id": 7, "is_bot": False, "first_name": "A"},
+        "date": 1764763401,
+        "old_chat_member": {"status": "member", "user": {"id": 1, "is_bot": True, "first_name": "B"}}}}).encode(),
+     "application/json"),
+    (b"[" * 100_000, "application/json"),
     (b"{\"update_id\": 5, \"message\": {\"message_id\": 1, \"date\": 1764763401, \"text\": 12345, "
      b"\"chat\": {\"id\": 7, \"type\": \"private\"}}}", "application/json"),
 ])

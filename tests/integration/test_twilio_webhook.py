@@ -560,3 +560,31 @@ def test_status_callback_without_sid_or_status_is_400(twilio: TwilioWebhook, run
         assert response.status_code == 400
         assert response.get_data(as_text=True).strip() == "missing MessageSid or MessageStatus"
     assert count(runtime, MessageEvent) == 0
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("MessageStatus", "x" * 100_000, "MessageStatus must be"),
+    ("MessageStatus", "entregado!", "MessageStatus must be"),
+    ("ErrorCode", "1" * 40, "ErrorCode must be"),
+    ("ErrorCode", "30003; DROP", "ErrorCode must be"),
+])
+def test_status_callback_with_odd_fields_is_400_without_effect(field: str, value: str, reason: str,
+                                                               delivered_sid: str, twilio: TwilioWebhook,
+                                                               runtime) -> None:
+    before = count(runtime, MessageEvent)
+    form = {**status_form(delivered_sid, "delivered", "30003"), field: value}
+    response = twilio.post(form, path="/webhooks/twilio/status")
+    assert response.status_code == 400 and response.get_data(as_text=True).startswith(reason)
+    assert count(runtime, MessageEvent) == before
+    assert outbound_by_sid(runtime, delivered_sid).status == "sent"
+
+
+def test_a_status_word_we_do_not_know_is_kept_in_the_history_only(delivered_sid: str, twilio: TwilioWebhook,
+                                                                   runtime) -> None:
+    response = twilio.post(status_form(delivered_sid, "canceled"), path="/webhooks/twilio/status")
+    assert response.status_code == 200
+    row = outbound_by_sid(runtime, delivered_sid)
+    assert row.status == "sent"
+    with runtime.factory() as session:
+        history = session.scalars(select(MessageEvent.status).where(MessageEvent.message_id == row.id)).all()
+    assert "canceled" in history
