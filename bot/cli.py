@@ -71,7 +71,10 @@ def lessons_check(directory: str | None) -> None:
         click.echo(f"{len(problems)} problem(s)", err=True)
         sys.exit(1)
     if not catalog.courses:
-        click.echo(f"{folder}: no courses found", err=True)
+        hint = ""
+        if (Path(folder) / "course.yaml").is_file():  # one course's own folder, not a folder of courses
+            hint = f"; it is one course: check the folder that holds it ({Path(folder).resolve().parent})"
+        click.echo(f"{folder}: no courses found{hint}", err=True)
         sys.exit(1)
     click.echo(f"ok: {len(catalog.courses)} course(s)")
 

@@ -6,9 +6,19 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import time
+from pathlib import Path
 from typing import Any
 
 DEFAULT_RATE_LIMITS = {"sms": 1.0, "whatsapp": 80.0, "telegram": 30.0}
+BUNDLED_LESSONS = Path(__file__).resolve().parents[1] / "lessons"  # the courses beside the code (a checkout)
+
+
+def _default_lessons() -> str:
+    """`lessons` in the working directory; else, outside a checkout, the bundled courses (`vereda chat` run from
+    any folder finds them)."""
+    if Path("lessons").is_dir() or not BUNDLED_LESSONS.is_dir():
+        return "lessons"
+    return str(BUNDLED_LESSONS)
 
 
 class ConfigError(ValueError):
@@ -112,7 +122,7 @@ class Settings:
         dispatch = (get("VEREDA_DISPATCHER") or "on").lower()
         return cls(
             database_url=get("DATABASE_URL") or cls.database_url,
-            lessons_dir=get("LESSONS_DIR") or cls.lessons_dir,
+            lessons_dir=get("LESSONS_DIR") or _default_lessons(),
             host=get("HOST") or cls.host,
             port=int(port),
             public_base_url=(get("PUBLIC_BASE_URL") or "").rstrip("/") or None,

@@ -249,3 +249,32 @@ def test_healthz_is_503_when_the_database_does_not_answer(make_app, tmp_path: Pa
     response = application.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["status"] == "error"
+
+
+# -- vereda lessons check -----------------------------------------------------------------------------------
+
+
+def test_lessons_check_reports_each_course_and_its_sms_cost(cli) -> None:  # type: ignore[no-untyped-def]
+    _code, lines = cli("lessons", "check", str(LESSONS))
+    assert lines[-1] == "ok: 2 course(s)"
+    assert any(line.startswith("ruta-segura: 10 lesson(s)") for line in lines)
+    assert "  ruta-segura/01-copias-de-documentos [sms es] GSM-7, 2 segments, 201 units" in lines
+
+
+def test_lessons_check_names_each_problem_at_its_line_and_fails(cli, broken_lessons: Path) -> None:  # type: ignore[no-untyped-def]
+    code, lines = cli("lessons", "check", str(broken_lessons), ok=False)
+    assert code == 1
+    lesson = broken_lessons / "roto" / "01-uno.yaml"
+    assert any(line.startswith(f"{lesson}:") and "answer" in line for line in lines)
+    assert any(line.startswith(f"{broken_lessons / 'mal-yaml' / 'course.yaml'}:") for line in lines)
+    assert lines[-1] == "2 problem(s)"
+    assert any(line.startswith("ruta-segura:") for line in lines)  # the valid courses are still reported
+
+
+def test_lessons_check_on_one_course_folder_points_at_its_parent(cli) -> None:  # type: ignore[no-untyped-def]
+    code, lines = cli("lessons", "check", str(LESSONS / "ruta-segura"), ok=False)
+    assert code == 1
+    assert lines[-1] == (f"{LESSONS / 'ruta-segura'}: no courses found; it is one course: check the folder that "
+                         f"holds it ({LESSONS.resolve()})")
+    code, lines = cli("lessons", "check", str(LESSONS / "nowhere"), ok=False)
+    assert code != 0 and "nowhere" in lines[-1]

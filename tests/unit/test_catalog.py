@@ -677,3 +677,16 @@ def test_sms_report_covers_quiz_questions_on_sms_and_counts_segments(load):
         "alfa/01-uno quiz 1 [sms es] UCS-2, 1 segment, 16 units; forces UCS-2: í",
         "alfa/01-uno quiz 1 [sms en] GSM-7, 1 segment, 17 units",
     ]
+
+
+def test_without_lessons_dir_the_bundled_courses_are_found_from_any_folder(tmp_path, monkeypatch):
+    from bot.config import BUNDLED_LESSONS, Settings
+
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({})
+    assert settings.lessons_dir == str(BUNDLED_LESSONS)
+    catalog, problems = load_catalog(settings.lessons_dir)
+    assert problems == [] and len(catalog.courses) == 2
+    (tmp_path / "lessons").mkdir()  # a folder of one's own, where the command runs, comes first
+    assert Settings.from_env({}).lessons_dir == "lessons"
+    assert Settings.from_env({"LESSONS_DIR": "/srv/cursos"}).lessons_dir == "/srv/cursos"
