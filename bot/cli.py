@@ -198,7 +198,7 @@ def broadcast_preview(**kwargs: str) -> None:
 @click.option("--yes", is_flag=True, help="do not show the preview and ask")
 def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
     """Create a broadcast (now or at a time); prints its id on the last line."""
-    from bot.broadcasts import BroadcastError, create
+    from bot.broadcasts import BroadcastError, create, preview, validate
     from bot.catalog import CONTENT_SID
     from bot.dispatcher import utcnow
 
@@ -222,6 +222,11 @@ def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
                               whatsapp_template=template, created_by="cli")
     except BroadcastError as error:
         raise click.ClickException(str(error)) from None
+    with runtime.factory() as session:
+        checked_text, checked_segment = validate(text, segment, runtime.catalog)  # as create() took them
+        if not sum(preview(session, checked_text, checked_segment).recipients.values()):
+            click.echo("warning: no learner matches this segment now; it goes to whoever matches when it is sent",
+                       err=True)
     click.echo(f"broadcast created, sends at {max(send_at, now).isoformat(timespec='seconds')}")
     click.echo(str(broadcast_id))
 

@@ -576,6 +576,10 @@ def test_cli_broadcast_create_preview_list_tick_report_cancel(rt: Runtime, cli, 
         assert row.text == {"es": "Hola a todos", "en": "Hello everyone"}
     _code, lines = cli("broadcast", "create", "--text-es", "Solo Japón", "--tag", "japon", "--yes")
     tagged = int(lines[-1])
+    assert not any(line.startswith("warning:") for line in lines)
+    _code, lines = cli("broadcast", "create", "--text-es", "Nadie", "--tag", "nadie", "--at", at_time, "--yes")
+    assert lines[0] == "warning: no learner matches this segment now; it goes to whoever matches when it is sent"
+    int(lines[-1])  # created all the same: who matches is decided when it is sent
 
     _code, lines = cli("broadcast", "list")
     listed = {int(line.split("\t")[0]): line for line in lines}
