@@ -10,7 +10,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from bot.db import MIGRATIONS, make_engine, migrate
@@ -120,3 +120,55 @@ def test_0007_downgrades_and_upgrades_again(engine: Engine) -> None:
     migrate(engine)
     with engine.connect() as connection:
         assert dict(connection.execute(text("SELECT id, course_id FROM answers")).all()) == expected
+
+
+def test_0008_gives_the_outbox_its_queue_index_and_the_schema_is_the_models(engine: Engine) -> None:
+    _alembic(engine, "upgrade", "0007")
+    migrate(engine)
+    with engine.connect() as connection:
+        indexes = {index["name"]: index for index in inspect(connection).get_indexes("outbound_messages")}
+        assert indexes["ix_outbound_queue"]["column_names"] == ["priority", "id"]
+        # every table as the models declare it, after every migration
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    _alembic(engine, "downgrade", "0007")
+    with engine.connect() as connection:
+        assert "ix_outbound_queue" not in {i["name"] for i in inspect(connection).get_indexes("outbound_messages")}
+    migrate(engine)
+
+
+def test_a_claim_reads_the_queue_index_instead_of_sorting_the_backlog(engine: Engine) -> None:
+    """The query plan of a claim: the queue index in (priority, id) order, no sort of every queued row."""
+    from datetime import timedelta
+
+    from bot.outbox import CLAIM_DUE
+
+    migrate(engine)
+    params = {"now": NOW + timedelta(minutes=1), "channels": ["sms"], "limit": 50}
+    with engine.connect() as connection:
+        connection.execute(text("INSERT INTO learners (id, phone, language, timezone, reasks, created_at) "
+                                "VALUES (1, '+525500000001', 'es', 'America/Mexico_City', 0, :now)"), {"now": NOW})
+        connection.execute(text(
+            "INSERT INTO outbound_messages (idempotency_key, learner_id, channel, to_address, body, kind, priority, "
+            "status, attempts, next_attempt_at, erase_after_send, created_at, updated_at) "
+            "VALUES (:key, 1, 'sms', '+525500000001', 'x', 'lesson', 10, 'queued', 0, :now, :no, :now, :now)"),
+            [{"key": f"k{n}", "now": NOW, "no": False} for n in range(200)])
+        connection.execute(text("ANALYZE"))
+        seen: list[tuple[str, object]] = []
+
+        def grab(_conn, _cursor, statement, parameters, _context, _many):  # type: ignore[no-untyped-def]
+            seen.append((statement, parameters))
+
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SET enable_seqscan = off"))  # a 200-row table: show the plan a backlog gets
+        event.listen(connection, "before_cursor_execute", grab)
+        assert len(connection.execute(CLAIM_DUE, params).all()) == 50  # one batch of the 200
+        event.remove(connection, "before_cursor_execute", grab)
+        statement, parameters = seen[0]
+        if connection.dialect.name == "postgresql":
+            plan = "\n".join(row[0] for row in connection.exec_driver_sql("EXPLAIN " + statement, parameters))
+            assert "ix_outbound_queue" in plan and "Sort" not in plan, plan
+        else:
+            plan = "\n".join(str(row[-1]) for row in connection.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + statement, parameters))
+            assert "ix_outbound_queue" in plan and "TEMP B-TREE" not in plan, plan
+        connection.rollback()
