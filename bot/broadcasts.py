@@ -123,14 +123,19 @@ class Preview:
         return {channel: round(self.units(channel) * prices[channel], 4)
                 for channel in sorted(self.recipients) if channel in prices}
 
+    def channels_off(self, channels: Collection[str]) -> list[str]:
+        """Channels with recipients that are not among `channels` (those this server sends on)."""
+        return sorted(channel for channel, count in self.recipients.items() if count and channel not in channels)
+
     def lines(self, prices: dict[str, float] | None = None, currency: str = "USD",
               channels: Collection[str] | None = None) -> list[str]:
         """The preview as text; with `channels` (those this server sends on), recipients on any other channel
         are flagged: they would get nothing."""
+        off = self.channels_off(channels) if channels is not None else []
         out = [f"recipients: {sum(self.recipients.values())}"]
         for channel, count in sorted(self.recipients.items()):
-            off = channels is not None and channel not in channels and count
-            out.append(f"  {channel}: {count}" + (" - channel off on this server: they get nothing" if off else ""))
+            out.append(f"  {channel}: {count}" + (" - channel off on this server: they get nothing"
+                                                   if channel in off else ""))
         for language, (encoding, segments, chars) in sorted(self.sms.items()):
             forced = f"; forces UCS-2: {' '.join(chars)}" if chars else ""
             out.append(f"SMS text [{language}]: {encoding}, {segments} segment(s) per message{forced}")

@@ -163,7 +163,8 @@ def _broadcast_args(kwargs: dict) -> tuple[dict[str, str], dict[str, str]]:  # t
     return text, segment
 
 
-def _show_preview(runtime, text: dict[str, str], segment: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def _preview(runtime, text: dict[str, str], segment: dict[str, str]):  # type: ignore[no-untyped-def]
+    """The broadcast's preview (recipients, SMS cost), its options checked first."""
     from bot.broadcasts import BroadcastError, preview, validate
 
     try:
@@ -171,10 +172,15 @@ def _show_preview(runtime, text: dict[str, str], segment: dict[str, str]) -> Non
     except BroadcastError as error:
         raise click.ClickException(str(error)) from None
     with runtime.factory() as session:
-        settings = runtime.settings
-        shown = preview(session, text, segment)
-        for line in shown.lines(settings.message_prices, settings.price_currency, runtime.senders):
-            click.echo(line)
+        return preview(session, text, segment)
+
+
+def _show_preview(runtime, text: dict[str, str], segment: dict[str, str]):  # type: ignore[no-untyped-def]
+    shown = _preview(runtime, text, segment)
+    settings = runtime.settings
+    for line in shown.lines(settings.message_prices, settings.price_currency, runtime.senders):
+        click.echo(line)
+    return shown
 
 
 @main.group()
@@ -198,7 +204,7 @@ def broadcast_preview(**kwargs: str) -> None:
 @click.option("--yes", is_flag=True, help="do not show the preview and ask")
 def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
     """Create a broadcast (now or at a time); prints its id on the last line."""
-    from bot.broadcasts import BroadcastError, create, preview, validate
+    from bot.broadcasts import BroadcastError, create
     from bot.catalog import CONTENT_SID
     from bot.dispatcher import utcnow
 
@@ -212,8 +218,8 @@ def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
     template = kwargs.get("whatsapp_template") or None
     if template is not None and not CONTENT_SID.match(template):
         raise click.BadParameter('a Twilio Content SID ("HX" and 32 hex characters)', param_hint="--template")
+    shown = _preview(runtime, text, segment) if yes else _show_preview(runtime, text, segment)
     if not yes:
-        _show_preview(runtime, text, segment)
         if not sys.stdin.isatty():
             raise click.ClickException("not confirmed: run with --yes to create without asking")
         click.confirm(f"send at {send_at.isoformat(timespec='minutes')}?", abort=True)
@@ -222,11 +228,9 @@ def broadcast_create(at_text: str | None, yes: bool, **kwargs: str) -> None:
                               whatsapp_template=template, created_by="cli")
     except BroadcastError as error:
         raise click.ClickException(str(error)) from None
-    with runtime.factory() as session:
-        checked_text, checked_segment = validate(text, segment, runtime.catalog)  # as create() took them
-        if not sum(preview(session, checked_text, checked_segment).recipients.values()):
-            click.echo("warning: no learner matches this segment now; it goes to whoever matches when it is sent",
-                       err=True)
+    if not sum(shown.recipients.values()):
+        click.echo("warning: no learner matches this segment now; it goes to whoever matches when it is sent",
+                   err=True)
     click.echo(f"broadcast created, sends at {max(send_at, now).isoformat(timespec='seconds')}")
     click.echo(str(broadcast_id))
 

@@ -242,7 +242,7 @@ def broadcast_preview() -> Any:
         sms_segments=found.sms_segments,
         estimated_cost=_cost(found, runtime.settings),
         # channels with recipients that this server does not send on (not configured): they would get nothing
-        channels_off=sorted(c for c, n in found.recipients.items() if n and c not in runtime.senders),
+        channels_off=found.channels_off(runtime.senders),
     )
 
 
