@@ -32,7 +32,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         MAX_CONTENT_LENGTH=1024 * 1024,  # webhooks and forms are small; refuse megabytes early
     )
 
-    from bot.web import health, telegram, webhooks
+    from bot.web import RowIdConverter, health, telegram, webhooks
+
+    app.url_map.converters["id"] = RowIdConverter
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(telegram.bp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -88,29 +88,63 @@ def token_role(factory: sessionmaker[Session], token: str, now: datetime) -> str
         return row.role
 
 
-def throttled(factory: sessionmaker[Session], keys: list[str], now: datetime) -> bool:
-    """Whether too many logins failed lately for any of `keys` (the account, the client address)."""
+def session_role(factory: sessionmaker[Session], user_id: int, signed_in_at: datetime) -> str | None:
+    """The account's role for a console session signed in at `signed_in_at`; None when the account is gone or
+    disabled, or signed out since (the session cookie is then worth nothing, wherever it was copied)."""
     with factory() as session:
-        # Counted per key: one failure adds a row for the account and one for the address, and summing
-        # them would throttle after 3 failures instead of 5.
-        counts = session.execute(select(LoginFailure.key, func.count()).where(
-            LoginFailure.key.in_(keys), LoginFailure.at > now - LOGIN_WINDOW).group_by(LoginFailure.key)).all()
-    return any(count >= LOGIN_MAX_FAILURES for _key, count in counts)
+        user = session.get(User, user_id)
+        if user is None or user.disabled_at is not None:
+            return None
+        ended = user.sessions_ended_at
+        if ended is not None and _aware(ended) >= signed_in_at:
+            return None
+        return user.role
+
+
+def end_sessions(factory: sessionmaker[Session], user_id: int, now: datetime) -> None:
+    """Sign the account out of every console session begun before `now`."""
+    with transaction(factory) as session:
+        user = session.get(User, user_id)
+        if user is not None:
+            user.sessions_ended_at = now
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite gives back naive UTC
+
+
+class Throttled(AuthError):
+    """Too many failed logins lately for this account or address: the password is not even checked."""
 
 
 def authenticate(factory: sessionmaker[Session], email: str, password: str, client: str,
                  now: datetime) -> User | None:
-    """The user for these credentials, or None (and the failure counted); throttled logins always fail."""
+    """The user for these credentials, or None (and the failure counted); Throttled after too many failures.
+
+    Each attempt is written down before its password is checked, and counts only the attempts written before it:
+    forty guesses sent at once get five checks, not forty (a count read first and written after would let all of
+    them through). A successful or throttled attempt takes its own rows back out.
+    """
     email = email.strip().lower()
     keys = [f"email:{email}", f"client:{client}"]
-    if throttled(factory, keys, now):
-        return None
     with transaction(factory) as session:
+        attempt = [LoginFailure(key=key, at=now) for key in keys]
+        session.add_all(attempt)
+        session.flush()
+        mine = [row.id for row in attempt]
+    with factory() as session:
+        over = any((session.scalar(select(func.count()).where(
+            LoginFailure.key == key, LoginFailure.at > now - LOGIN_WINDOW, LoginFailure.id <= row_id)) or 0)
+            > LOGIN_MAX_FAILURES for key, row_id in zip(keys, mine, strict=True))
+    with transaction(factory) as session:
+        if over:
+            session.execute(delete(LoginFailure).where(LoginFailure.id.in_(mine)))
+            raise Throttled("too many failed sign-in attempts")
         user = session.scalars(select(User).where(User.email == email)).first()
         if user is not None and user.disabled_at is None and check_password_hash(user.password_hash, password):
-            session.execute(delete(LoginFailure).where(LoginFailure.key == keys[0]))
+            session.execute(delete(LoginFailure).where(
+                (LoginFailure.key == keys[0]) | LoginFailure.id.in_(mine)))
             return user
-        session.add_all([LoginFailure(key=key, at=now) for key in keys])
         session.execute(delete(LoginFailure).where(LoginFailure.at < now - LOGIN_WINDOW))
         return None
 

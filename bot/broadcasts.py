@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -38,6 +39,10 @@ TEXT_LIMIT = 1600  # characters: one message on every channel (Twilio refuses lo
 
 class BroadcastError(ValueError):
     """A broadcast that cannot be created as asked; the message names the field."""
+
+
+TAG = re.compile(r"[\w .:-]{1,64}")  # a learner's tag (fullmatch)
+TAG_RULE = "1 to 64 letters, digits, spaces or . : - _"
 
 
 class AlreadySent(BroadcastError):
@@ -77,6 +82,8 @@ def validate(text: dict[str, str], segment: dict[str, str], catalog: Catalog) ->
         raise BroadcastError(f"segment.channel: {segment['channel']!r} is not one of {', '.join(CHANNELS)}")
     if segment.get("language", "es") not in ("es", "en"):
         raise BroadcastError(f"segment.language: {segment['language']!r} is not es or en")
+    if "tag" in segment and not TAG.fullmatch(segment["tag"]):
+        raise BroadcastError(f"segment.tag: {TAG_RULE}")
     if segment.get("progress", "active") not in PROGRESS:
         raise BroadcastError(f"segment.progress: {segment['progress']!r} is not one of {', '.join(PROGRESS)}")
     return text, segment
@@ -175,11 +182,30 @@ def preview(session: Session, text: dict[str, str], segment: dict[str, str]) -> 
     return Preview({str(k): int(v) for k, v in per_channel.items()}, sms, total)
 
 
+PAST_GRACE = timedelta(minutes=5)  # a send_at this close behind the clock is "now" (a form filled in slowly)
+LATEST_YEAR = 8999  # later times overflow the date arithmetic of quiet hours and retries
+
+
+def check_send_at(send_at: datetime, now: datetime) -> datetime:
+    """`send_at` in UTC, or BroadcastError: a time that has passed (a wrong year or day must not mean "send to
+    everyone now") or one past the year 8999."""
+    try:
+        send_at = send_at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise BroadcastError("send_at: out of range") from None
+    if send_at.year > LATEST_YEAR:
+        raise BroadcastError(f"send_at: after the year {LATEST_YEAR}")
+    if send_at < now - PAST_GRACE:
+        raise BroadcastError("send_at: that time has passed (leave it out to send now)")
+    return send_at
+
+
 def create(factory: sessionmaker[Session], text: dict[str, str], segment: dict[str, str], send_at: datetime,
            catalog: Catalog, now: datetime, whatsapp_template: str | None = None,
            created_by: str | None = None) -> int:
     """Store a broadcast to go out at `send_at` (now or later); returns its id."""
     text, segment = validate(text, segment, catalog)
+    send_at = check_send_at(send_at, now)
     with transaction(factory) as session:
         broadcast = Broadcast(text=text, segment=segment, send_at=max(send_at, now),
                               whatsapp_template=whatsapp_template, state="scheduled", cursor=0, recipients=0,

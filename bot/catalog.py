@@ -41,7 +41,7 @@ DAY_SETS = {"daily": tuple(range(7)), "weekdays": tuple(range(5))}
 
 COURSE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # also the Telegram `/start <course-id>` payload
 LESSON_FILE = re.compile(r"^\d{2}-[a-z0-9][a-z0-9_-]*\.yaml$")
-CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}\Z")  # match(): the whole string, no trailing newline
 BAD_LESSON_NAME = "lesson file name must be NN-slug.yaml: two digits, '-', then a-z, 0-9, '-' or '_'"
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from bot.config import ConfigError, Settings
+from bot.web import ROW_ID_MAX
 
 
 def _settings() -> Settings:
@@ -29,13 +30,20 @@ def _runtime(settings: Settings, senders=None):  # type: ignore[no-untyped-def]
 
 def _parse_now(value: str | None, option: str = "--now") -> datetime | None:
     """An ISO-8601 time; one without a zone is UTC."""
+    from bot.broadcasts import LATEST_YEAR
+
     if value is None:
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an ISO-8601 time", param_hint=option) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:
+        moment = datetime.max.replace(tzinfo=UTC)  # refused just below
+    if not 1970 <= moment.year <= LATEST_YEAR:
+        raise click.BadParameter(f"{value!r} is out of range (years 1970 to {LATEST_YEAR})", param_hint=option)
+    return moment
 
 
 @click.group()
@@ -128,12 +136,14 @@ def chat(channel: str, address: str | None) -> None:
 
 @main.command("tick")
 @click.option("--now", "now_text", help="ISO-8601 time to act as of, UTC unless it has a zone (default: now)")
-@click.option("--budget", type=click.FloatRange(min=0), default=50.0, show_default=True,
+@click.option("--budget", type=click.FloatRange(min=0, max=86_400), default=50.0, show_default=True,
               help="seconds to keep dispatching")
 def tick_command(now_text: str | None, budget: float) -> None:
     """One scheduler pass: plan due lessons, then dispatch the outbox until nothing is due."""
     from scheduler import tick
 
+    if budget != budget:  # NaN passes every range check
+        raise click.BadParameter("not a number", param_hint="--budget")
     now = _parse_now(now_text)
     runtime = _runtime(_settings())
     report = tick(runtime, now=now, budget=budget)
@@ -255,7 +265,7 @@ def broadcast_list() -> None:
 
 
 @broadcast.command("report")
-@click.argument("broadcast_id", type=int)
+@click.argument("broadcast_id", type=click.IntRange(1, ROW_ID_MAX))
 def broadcast_report(broadcast_id: int) -> None:
     """Per-recipient outcome counts: queued, sent, delivered, failed, unknown."""
     from bot.broadcasts import report
@@ -272,7 +282,7 @@ def broadcast_report(broadcast_id: int) -> None:
 
 
 @broadcast.command("cancel")
-@click.argument("broadcast_id", type=int)
+@click.argument("broadcast_id", type=click.IntRange(1, ROW_ID_MAX))
 def broadcast_cancel(broadcast_id: int) -> None:
     """Cancel a broadcast; messages not yet sent are withdrawn."""
     from bot.broadcasts import BroadcastError, cancel
@@ -352,7 +362,7 @@ def admin_list_tokens() -> None:
 
 
 @admin.command("revoke-token")
-@click.argument("token_id", type=int)
+@click.argument("token_id", type=click.IntRange(1, ROW_ID_MAX))
 def admin_revoke_token(token_id: int) -> None:
     """Revoke an API token by its id (see list-tokens)."""
     from bot.auth import AuthError, revoke_token

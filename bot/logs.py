@@ -11,17 +11,22 @@ import logging
 import re
 
 _NUMBER = re.compile(r"\+?\d[\d ]{5,}\d")
+# An access-log request line ("GET /simulator?address=%2B52-55… HTTP/1.1"): its query string can carry a phone
+# number in any spelling or a broadcast's text (the composer's live estimate), so it is left out.
+_QUERY = re.compile(r'("[A-Z]+ [^ ?"]*)\?[^ "]*( HTTP/[0-9.]+")')
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the development server colours its lines, also into files
 
 
 def redact(text: str) -> str:
-    """`text` with every phone-number-like run of digits masked to its last four (+52•••5678)."""
+    """`text` with every phone-number-like run of digits masked to its last four (+52•••5678), request query
+    strings left out and terminal colour codes removed."""
     def mask(match: re.Match[str]) -> str:
         digits = re.sub(r"\D", "", match.group(0))
         if len(digits) < 7:
             return match.group(0)
         return ("+" if match.group(0).startswith("+") else "") + "•••" + digits[-4:]
 
-    return _NUMBER.sub(mask, text)
+    return _NUMBER.sub(mask, _QUERY.sub(r"\1?…\2", _ANSI.sub("", text)))
 
 
 class RedactingFormatter(logging.Formatter):

@@ -301,6 +301,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime]
     disabled_at: Mapped[datetime | None]
+    # sign-out ends every console session of the account signed in before it (a copied cookie included)
+    sessions_ended_at: Mapped[datetime | None]
 
 
 class ApiToken(Base):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import broadcasts
 from bot import conversation as conv
-from bot.broadcasts import CHANNELS, PROGRESS
+from bot.broadcasts import CHANNELS, PROGRESS, TAG, TAG_RULE
 from bot.channels.base import Sender
 from bot.courses import WEEKDAYS, Catalog, Course
 from bot.db import transaction
@@ -48,7 +47,6 @@ log = logging.getLogger(__name__)
 Show = Callable[[str | None], str]  # how a phone number or chat id is shown to this reader (masked or not)
 EXPORT_BATCH = 1000  # rows read per query (and per transaction) while streaming an export
 MESSAGES = 50  # latest messages shown in a learner's detail
-TAG = re.compile(r"^[\w .:-]{1,64}$")
 LANGUAGES = ("es", "en")
 SIMULATED = "console"  # the transport of the simulator's (and `vereda chat`'s) learners: not real learners
 
@@ -449,8 +447,8 @@ def _tags(session: Session, learner_id: int) -> list[str]:
 def add_tag(factory: sessionmaker[Session], learner_id: int, tag: str) -> tuple[bool, list[str]]:
     """Label a learner; (whether the tag is new, the learner's tags)."""
     tag = tag.strip()
-    if not TAG.match(tag):
-        raise Invalid("tag", "1 to 64 letters, digits, spaces or . : - _")
+    if not TAG.fullmatch(tag):
+        raise Invalid("tag", TAG_RULE)
     with transaction(factory) as session:
         if session.get(Learner, learner_id) is None:
             raise Missing(f"no learner {learner_id}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Callable
+from datetime import datetime
 from functools import wraps
 from typing import Any, TypeVar
 
 from flask import current_app, g, jsonify, redirect, request, session, url_for
 
-from bot.auth import allows, token_role
+from bot.auth import allows, session_role, token_role
 from bot.dispatcher import utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,17 +49,32 @@ def require_token(role: str) -> Callable[[F], F]:
     return decorate
 
 
+def _signed_in_role() -> str | None:
+    """The role of the account this console session signed in as, read from the database on every request: a
+    disabled account, or one signed out since (by any of its sessions), has none."""
+    user_id, signed_in = session.get("user_id"), session.get("signed_in_at")
+    if not isinstance(user_id, int) or not isinstance(signed_in, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(signed_in)
+    except ValueError:
+        return None
+    return session_role(current_app.extensions["vereda"].factory, user_id, moment)
+
+
 def require_login(role: str = "viewer") -> Callable[[F], F]:
     """Console routes: to the login page when signed out, 403 when the role may not do this."""
 
     def decorate(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not session.get("user_id"):
+            current = _signed_in_role()
+            if current is None:
+                session.clear()
                 return redirect(url_for("console.login", next=request.full_path))
-            if not allows(session.get("role", ""), role):
+            if not allows(current, role):
                 return ("You may not do this with your role.", 403)
-            g.role = session["role"]
+            g.role = session["role"] = current
             g.email = session.get("email")
             return view(*args, **kwargs)
 

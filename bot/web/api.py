@@ -21,13 +21,14 @@ from bot.config import Settings
 from bot.dispatcher import utcnow
 from bot.reports import Conflict, Invalid, Missing
 from bot.runtime import Runtime
-from bot.web import openapi
+from bot.web import openapi, whole_number
 from bot.web.access import api_error, mask_address, require_token
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PER_PAGE, MAX_PER_PAGE = 50, 500
+MAX_PAGE = 1_000_000  # beyond it, the offset would pass any table we hold
 BROADCAST_FIELDS = ("text", "segment", "send_at", "whatsapp_template")
 
 
@@ -44,11 +45,11 @@ def _show() -> reports.Show:
 
 def _page() -> tuple[int, int]:
     values = []
-    for name, default, top in (("page", 1, None), ("per_page", PER_PAGE, MAX_PER_PAGE)):
-        raw = request.args.get(name, "").strip() or str(default)
-        if not raw.isdigit() or int(raw) < 1 or (top is not None and int(raw) > top):
-            raise Invalid(name, f"a whole number from 1{f' to {top}' if top else ''}")
-        values.append(int(raw))
+    for name, default, top in (("page", 1, MAX_PAGE), ("per_page", PER_PAGE, MAX_PER_PAGE)):
+        value = whole_number(request.args.get(name, "").strip() or str(default), top)
+        if value is None:
+            raise Invalid(name, f"a whole number from 1 to {top:,}")
+        values.append(value)
     return values[0], values[1]
 
 
@@ -127,7 +128,7 @@ def learners() -> Any:
         return jsonify(reports.list_learners(session, runtime.catalog, filters, page, per_page, _show()))
 
 
-@bp.get("/learners/<int:learner_id>")
+@bp.get("/learners/<id:learner_id>")
 @require_token("viewer")
 def learner(learner_id: int) -> Any:
     runtime = _runtime()
@@ -135,14 +136,14 @@ def learner(learner_id: int) -> Any:
         return jsonify(reports.learner_detail(session, runtime.catalog, learner_id, _show()))
 
 
-@bp.delete("/learners/<int:learner_id>")
+@bp.delete("/learners/<id:learner_id>")
 @require_token("admin")
 def erase_learner(learner_id: int) -> Any:
     reports.erase(_runtime().factory, learner_id)
     return jsonify(erased=learner_id)
 
 
-@bp.post("/learners/<int:learner_id>/enrolments")
+@bp.post("/learners/<id:learner_id>/enrolments")
 @require_token("coordinator")
 def enrol(learner_id: int) -> Any:
     body = _body()
@@ -157,20 +158,20 @@ def enrol(learner_id: int) -> Any:
     return jsonify(done), 201
 
 
-@bp.delete("/learners/<int:learner_id>/enrolments/<course_id>")
+@bp.delete("/learners/<id:learner_id>/enrolments/<course_id>")
 @require_token("coordinator")
 def unenrol(learner_id: int, course_id: str) -> Any:
     return jsonify(reports.unenrol(_runtime().factory, learner_id, course_id, utcnow()))
 
 
-@bp.post("/learners/<int:learner_id>/tags")
+@bp.post("/learners/<id:learner_id>/tags")
 @require_token("coordinator")
 def add_tag(learner_id: int) -> Any:
     added, tags = reports.add_tag(_runtime().factory, learner_id, _text(_body(), "tag"))
     return jsonify(tags=tags), 201 if added else 200
 
 
-@bp.delete("/learners/<int:learner_id>/tags/<tag>")
+@bp.delete("/learners/<id:learner_id>/tags/<tag>")
 @require_token("coordinator")
 def remove_tag(learner_id: int, tag: str) -> Any:
     removed, tags = reports.remove_tag(_runtime().factory, learner_id, tag)
@@ -254,14 +255,14 @@ def _cost(found: broadcasts.Preview, settings: Settings) -> dict[str, Any] | Non
     return {"by_channel": costs, "total": round(sum(costs.values()), 4), "currency": settings.price_currency}
 
 
-@bp.get("/broadcasts/<int:broadcast_id>")
+@bp.get("/broadcasts/<id:broadcast_id>")
 @require_token("viewer")
 def broadcast(broadcast_id: int) -> Any:
     with _runtime().factory() as session:
         return jsonify(reports.broadcast_detail(session, broadcast_id))
 
 
-@bp.post("/broadcasts/<int:broadcast_id>/cancel")
+@bp.post("/broadcasts/<id:broadcast_id>/cancel")
 @require_token("coordinator")
 def broadcast_cancel(broadcast_id: int) -> Any:
     try:

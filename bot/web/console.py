@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import (
@@ -31,9 +31,10 @@ from sqlalchemy import case, func, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from bot import broadcasts, reports
-from bot.auth import LOGIN_WINDOW, authenticate, throttled
+from bot.auth import LOGIN_WINDOW, Throttled, authenticate, end_sessions
 from bot.catalog import CONTENT_SID
 from bot.channels.console import ConsoleSender
+from bot.channels.telegram import telegram_id_in_range
 from bot.courses import Course
 from bot.dispatcher import utcnow
 from bot.drips import WHATSAPP_WINDOW
@@ -50,6 +51,7 @@ from bot.outbox import Outbox
 from bot.runtime import Runtime
 from bot.services import Envelope, receive
 from bot.sms import analyse
+from bot.web import whole_number
 from bot.web.access import csrf_ok, csrf_token, mask_address, require_login
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,10 @@ def _may(needed: str) -> bool:
 
 
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    """A path of this site to go to after login, else the dashboard: browsers drop tabs and newlines from a URL
+    ("/\t/evil.example" becomes "//evil.example") and read a backslash as a slash, so none of them may appear."""
+    if (target and target.startswith("/") and not target.startswith("//") and "\\" not in target
+            and all(" " < ch != "\x7f" for ch in target)):
         return target
     return url_for("console.dashboard")
 
@@ -124,15 +129,16 @@ def login_post() -> Any:
     client = request.remote_addr or "unknown"
     now = utcnow()
     target = request.form.get("next", "")
-    if throttled(runtime.factory, [f"email:{email}", f"client:{client}"], now):
+    try:
+        user = authenticate(runtime.factory, email, password, client, now)
+    except Throttled:
         minutes = int(LOGIN_WINDOW.total_seconds() // 60)
         error = f"Too many failed sign-in attempts. Wait {minutes} minutes and try again."
         return render_template("login.html", next=target, error=error, email=email), 429
-    user = authenticate(runtime.factory, email, password, client, now)
     if user is None:
         return render_template("login.html", next=target, error="Wrong e-mail or password.", email=email), 401
     session.clear()  # a new session on sign-in: no fixation
-    session.update(user_id=user.id, role=user.role, email=user.email)
+    session.update(user_id=user.id, role=user.role, email=user.email, signed_in_at=now.isoformat())
     csrf_token()
     log.info("console sign-in: user %d (%s)", user.id, user.role)
     return redirect(_safe_next(target))
@@ -141,6 +147,7 @@ def login_post() -> Any:
 @bp.post("/logout")
 @require_login("viewer")
 def logout() -> Any:
+    end_sessions(_runtime().factory, session["user_id"], utcnow())  # every session of the account, copies too
     session.clear()
     return redirect(url_for("console.login"))
 
@@ -262,8 +269,7 @@ def learners() -> Any:
         filters = reports.LearnerFilter.parse(request.args, runtime.catalog)
     except reports.Invalid as invalid:
         filters, error = reports.LearnerFilter(), f"{invalid.field}: {invalid}"
-    raw_page = request.args.get("page", "1")
-    page = int(raw_page) if raw_page.isdigit() and int(raw_page) > 0 else 1
+    page = whole_number(request.args.get("page"), 1_000_000) or 1  # a page past it would be empty anyway
     with runtime.factory() as db:
         # Lists always mask phone numbers, whoever reads them.
         listing = reports.list_learners(db, runtime.catalog, filters, page, PER_PAGE,
@@ -274,7 +280,7 @@ def learners() -> Any:
                            progress=broadcasts.PROGRESS)
 
 
-@bp.get("/learners/<int:learner_id>")
+@bp.get("/learners/<id:learner_id>")
 @require_login("viewer")
 def learner(learner_id: int) -> Any:
     runtime = _runtime()
@@ -291,7 +297,7 @@ def learner(learner_id: int) -> Any:
                            titles={c.id: c.title.get("es") or c.id for c in runtime.catalog.courses})
 
 
-@bp.post("/learners/<int:learner_id>")
+@bp.post("/learners/<id:learner_id>")
 @require_login("coordinator")
 def learner_change(learner_id: int) -> Any:
     runtime = _runtime()
@@ -441,16 +447,13 @@ def _parse_composer(form: dict[str, str], runtime: Runtime, now: datetime) -> tu
             parsed = datetime.fromisoformat(form["send_at"])
         except ValueError:
             raise broadcasts.BroadcastError("send_at: use a date and time (UTC)") from None
-        send_at = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-        if send_at < now - timedelta(minutes=5):
-            raise broadcasts.BroadcastError("send_at: that time has passed")
+        send_at = broadcasts.check_send_at(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC), now)
     return text, segment, send_at, template
 
 
 def _broadcast_page(form: dict[str, str], status: int = 200, **values: Any) -> Any:
     runtime = _runtime()
-    raw_page = request.args.get("page", "1")
-    page = int(raw_page) if raw_page.isdigit() and int(raw_page) > 0 else 1
+    page = whole_number(request.args.get("page"), 1_000_000) or 1  # a page past it would be empty anyway
     with runtime.factory() as db:
         listing = reports.list_broadcasts(db, page, PER_PAGE)
     return render_template("broadcasts.html", listing=listing, form=form, courses=runtime.catalog.courses,
@@ -529,7 +532,7 @@ def broadcast_by_channel(db: Session, broadcast_id: int) -> dict[str, dict[str, 
     return out
 
 
-@bp.get("/broadcasts/<int:broadcast_id>")
+@bp.get("/broadcasts/<id:broadcast_id>")
 @require_login("viewer")
 def broadcast(broadcast_id: int) -> Any:
     runtime = _runtime()
@@ -543,7 +546,7 @@ def broadcast(broadcast_id: int) -> Any:
     return render_template("broadcast.html", b=detail, channels=channels, chart=chart)
 
 
-@bp.post("/broadcasts/<int:broadcast_id>/cancel")
+@bp.post("/broadcasts/<id:broadcast_id>/cancel")
 @require_login("coordinator")
 def broadcast_cancel(broadcast_id: int) -> Any:
     runtime = _runtime()
@@ -565,8 +568,10 @@ def broadcast_cancel(broadcast_id: int) -> Any:
 def _simulated(channel: str, address: str) -> tuple[str, dict[str, Any]]:
     """The envelope address and learner key for a simulated learner; BadAddress when unusable."""
     if channel == "telegram":
-        if not address.lstrip("-").isdigit():
-            raise BadAddress("a Telegram chat id is a number")
+        digits = address.removeprefix("-")
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and int(address) != 0
+                and telegram_id_in_range(int(address))):
+            raise BadAddress("a Telegram chat id is a whole number (64-bit, not 0)")
         return address, {"telegram_chat_id": int(address)}
     phone = e164(address.removeprefix("whatsapp:"))
     return (f"whatsapp:{phone}" if channel == "whatsapp" else phone), {"phone": phone}

@@ -267,7 +267,8 @@ def test_each_filter(query: str, expected: set[str], as_role, people: dict[str, 
 @pytest.mark.parametrize(("query", "field"), [
     ("course=nope", "course"), ("channel=fax", "channel"), ("language=fr", "language"),
     ("progress=lost", "progress"), ("opted_in=maybe", "opted_in"), ("page=0", "page"), ("page=x", "page"),
-    ("per_page=501", "per_page"), ("per_page=-1", "per_page"),
+    ("per_page=501", "per_page"), ("per_page=-1", "per_page"), ("page=²", "page"), ("per_page=²", "per_page"),
+    ("page=9223372036854775807", "page"), ("page=99999999999999999999999", "page"),
 ])
 def test_invalid_filters_name_the_field(query: str, field: str, as_role) -> None:  # type: ignore[no-untyped-def]
     response = as_role("viewer", "GET", f"/api/v1/learners?{query}")
@@ -598,7 +599,13 @@ def test_a_broadcast_that_has_gone_out_is_not_cancelled(as_role, runtime: Runtim
     ({"text": {"es": "x"}, "send_at": "tomorrow"}, "send_at"),
     ({"text": {"es": "x"}, "send_at": "2030-01-07T18:00:00"}, "send_at"),
     ({"text": {"es": "x"}, "whatsapp_template": "nope"}, "whatsapp_template"),
+    ({"text": {"es": "x"}, "whatsapp_template": "HX" + "0" * 32 + "\n"}, "whatsapp_template"),
     ({"text": {"es": "x"}, "sendat": None}, "sendat"),
+    ({"text": {"es": "x"}, "segment": {"tag": "\ud83d"}}, "segment.tag"),
+    ({"text": {"es": "x"}, "segment": {"tag": "a" * 65}}, "segment.tag"),
+    ({"text": {"es": "x"}, "send_at": "2020-01-01T00:00:00Z"}, "send_at"),
+    ({"text": {"es": "x"}, "send_at": "0001-01-01T00:00:00+06:00"}, "send_at"),
+    ({"text": {"es": "x"}, "send_at": "9999-12-31T23:59:59-06:00"}, "send_at"),
 ])
 def test_broadcast_validation_names_the_field(body: dict[str, Any], field: str, as_role,  # type: ignore[no-untyped-def]
                                               runtime: Runtime) -> None:
@@ -607,6 +614,22 @@ def test_broadcast_validation_names_the_field(body: dict[str, Any], field: str, 
     assert response.get_json()["field"] == field and response.get_json()["error"]
     with runtime.factory() as session:
         assert session.scalar(select(func.count()).select_from(Broadcast)) == 0
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/api/v1/learners/9223372036854775808"), ("DELETE", "/api/v1/learners/2147483648"),
+    ("POST", "/api/v1/learners/99999999999999999999/tags"), ("GET", "/api/v1/broadcasts/9223372036854775808"),
+    ("POST", "/api/v1/broadcasts/2147483648/cancel"), ("GET", "/api/v1/learners/0"),
+])
+def test_an_id_no_row_can_have_is_404(method: str, path: str, as_role) -> None:  # type: ignore[no-untyped-def]
+    response = as_role("admin", method, path, {"tag": "x"} if method == "POST" else None)
+    assert response.status_code == 404 and response.get_json()["error"]
+
+
+def test_preview_refuses_a_tag_no_learner_can_have(as_role) -> None:  # type: ignore[no-untyped-def]
+    response = as_role("coordinator", "POST", "/api/v1/broadcasts/preview",
+                       {"text": {"es": "x"}, "segment": {"tag": "\ud83d"}})
+    assert response.status_code == 400 and response.get_json()["field"] == "segment.tag"
 
 
 def test_broadcast_body_must_be_json(client, tokens) -> None:  # type: ignore[no-untyped-def]

@@ -552,6 +552,20 @@ def test_cli_broadcast_refuses_a_bad_time_or_template(rt: Runtime, cli, option: 
         assert session.scalar(select(func.count()).select_from(Broadcast)) == 0
 
 
+@pytest.mark.parametrize("args", [
+    ("tick", "--now", "9999-12-31T23:00:00+00:00"), ("tick", "--now", "0001-01-01T00:00:00+14:00"),
+    ("tick", "--budget", "nan"), ("tick", "--budget", "-1"),
+    ("broadcast", "create", "--text-es", "hola", "--at", "9999-12-31T23:59-06:00", "--yes"),
+    ("broadcast", "report", "99999999999999999999"), ("broadcast", "cancel", "0"),
+    ("admin", "revoke-token", "99999999999999999999"),
+])
+def test_cli_refuses_out_of_range_times_budgets_and_ids(rt: Runtime, cli, args: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    code, lines = cli(*args, ok=False)
+    assert code == 2 and lines[-1].startswith("Error: Invalid value for"), lines
+    with rt.factory() as session:
+        assert session.scalar(select(func.count()).select_from(Broadcast)) == 0
+
+
 def test_cli_broadcast_create_preview_list_tick_report_cancel(rt: Runtime, cli, fake_twilio: FakeTwilio) -> None:
     # the learners exist first (the CLI shares the database)
     add_learners(rt, phones("+52551000", 3))

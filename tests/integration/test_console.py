@@ -163,6 +163,30 @@ def test_login_redirects_back_and_logout_ends_the_session(app: Any, users: dict[
     assert client.get("/learners").status_code == 302
 
 
+def test_sign_out_ends_copies_of_the_session_and_a_disabled_account_has_none(app: Any, runtime: Runtime,
+                                                                              users: dict[str, str]) -> None:
+    from sqlalchemy import update
+
+    from bot.models import User
+
+    client = as_role(app, users, "coordinator")
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    copy = app.test_client()  # the same cookie in another hand
+    copy.set_cookie("session", cookie.value)
+    other = as_role(app, users, "coordinator")  # the same account in another browser
+    assert copy.get("/learners").status_code == 200 and other.get("/learners").status_code == 200
+    assert client.post("/logout", data={"csrf_token": token_of(client)}).status_code == 302
+    assert copy.get("/learners").status_code == 302  # to the login page
+    assert other.get("/learners").status_code == 302
+    again = as_role(app, users, "coordinator")  # signing in again works
+    assert again.get("/learners").status_code == 200
+    with runtime.factory() as session:
+        session.execute(update(User).where(User.email == users["coordinator"]).values(disabled_at=utcnow()))
+        session.commit()
+    assert again.get("/learners").status_code == 302  # a disabled account's sessions end at once
+
+
 def test_wrong_password_is_refused(app: Any, users: dict[str, str]) -> None:
     client = app.test_client()
     response = login(client, users["admin"], "not the password")
@@ -178,6 +202,33 @@ def test_login_is_throttled_after_five_failures(app: Any, users: dict[str, str])
     assert response.status_code == 429
     assert b"Too many failed sign-in attempts" in response.data
     assert client.get("/").status_code == 302
+
+
+def test_guesses_sent_at_once_get_five_checks_not_forty(runtime: Runtime, users: dict[str, str]) -> None:
+    """The lockout holds under concurrency: each attempt is written down before its password is checked."""
+    import threading
+
+    from bot.auth import Throttled, authenticate
+
+    outcomes: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def guess() -> None:
+        barrier.wait()
+        try:
+            user = authenticate(runtime.factory, users["admin"], "guess-guess-guess", "203.0.113.9", utcnow())
+            outcomes.append("checked" if user is None else "signed in")
+        except Throttled:
+            outcomes.append("throttled")
+
+    threads = [threading.Thread(target=guess) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["checked"] * 5 + ["throttled"] * 15
+    with pytest.raises(Throttled):  # the right password is not even checked now
+        authenticate(runtime.factory, users["admin"], PASSWORD, "198.51.100.7", utcnow())
 
 
 # -- CSRF ------------------------------------------------------------------------------------------------
@@ -535,9 +586,32 @@ def test_the_simulator_refuses_a_real_learners_address(app: Any, runtime: Runtim
     assert response.status_code == 409
     with runtime.factory() as session:
         assert set(session.scalars(select(Enrolment.channel))) == {"sms"}
-    bad = client.post("/simulator", data={"channel": "telegram", "address": "abc", "text": "hola",
-                                          "csrf_token": token_of(client)})
-    assert bad.status_code == 400
+    for address in ("abc", "--5", "²", "99999999999999999999", "0"):
+        bad = client.post("/simulator", data={"channel": "telegram", "address": address, "text": "hola",
+                                              "csrf_token": token_of(client)})
+        assert bad.status_code == 400, address
+        assert client.get(f"/simulator?channel=telegram&address={address}").status_code < 500
+
+
+@pytest.mark.parametrize("target", ["/\t/evil.example", "/\n/evil.example", "/\r\n/evil.example", "/ /evil.example"])
+def test_login_never_redirects_off_site_through_characters_browsers_drop(target: str, app: Any,
+                                                                        users: dict[str, str]) -> None:
+    client = app.test_client()
+    response = client.post("/login", data={"email": users["viewer"], "password": PASSWORD,
+                                           "csrf_token": csrf(client), "next": target})
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+
+
+@pytest.mark.parametrize("path", ["/learners/9223372036854775808", "/broadcasts/99999999999999999999",
+                                  "/learners/0", "/learners?page=²", "/learners?page=99999999999999999999",
+                                  "/broadcasts?page=99999999999999999999"])
+def test_odd_ids_and_pages_are_404_or_the_first_page(path: str, app: Any, users: dict[str, str]) -> None:
+    client = as_role(app, users, "admin")
+    response = client.get(path)
+    assert response.status_code == (404 if "?" not in path else 200)
+    if "/broadcasts/" in path:
+        cancel = client.post(f"{path}/cancel", data={"csrf_token": token_of(client)})
+        assert cancel.status_code == 404
 
 
 

@@ -84,3 +84,12 @@ def test_redact_masks_phone_numbers_and_keeps_the_rest() -> None:
     assert redact("chat 123456789 blocked") == "chat •••6789 blocked"
     assert redact("2026-12-03 17:32:03,607 INFO inbound 42 from •••5678") == \
         "2026-12-03 17:32:03,607 INFO inbound 42 from •••5678"
+    # an access-log line: its query string (a number in any spelling, a broadcast's text) is left out, and
+    # the development server's colour codes with it
+    line = ('127.0.0.1 - - [04/Dec/2026 22:41:05] "GET /simulator?channel=sms&address=%2B52-55-8765-4321 '
+            'HTTP/1.1" 200 -')
+    assert redact(line) == '127.0.0.1 - - [04/Dec/2026 22:41:05] "GET /simulator?… HTTP/1.1" 200 -'
+    assert redact('"GET /console/estimate?text_es=Reunion+secreta HTTP/1.1" 200 -') == \
+        '"GET /console/estimate?… HTTP/1.1" 200 -'
+    assert redact('"POST /webhooks/twilio HTTP/1.1" 200 -') == '"POST /webhooks/twilio HTTP/1.1" 200 -'
+    assert redact("\x1b[31m\x1b[1mWARNING: development server\x1b[0m") == "WARNING: development server"
