@@ -363,4 +363,12 @@ def release_due(factory: sessionmaker[Session], senders: dict[str, Sender], now:
     with factory() as session:
         due = list(session.scalars(select(Broadcast.id).where(
             Broadcast.state.in_(("scheduled", "materialising")), Broadcast.send_at <= now)))
-    return sum(materialise(factory, broadcast_id, senders, now, quiet) for broadcast_id in due)
+    added = 0
+    for broadcast_id in due:
+        try:
+            added += materialise(factory, broadcast_id, senders, now, quiet)
+        except Exception as error:  # one broken broadcast (stored by an older version) never stops the others
+            log.error("broadcast %d could not be released (%s); the others go on", broadcast_id,
+                      type(error).__name__)
+            log.debug("release of broadcast %d failed", broadcast_id, exc_info=True)
+    return added

@@ -266,6 +266,24 @@ def test_a_broadcast_for_later_waits_for_its_time(rt: Runtime, fake_twilio: Fake
         assert session.get(Broadcast, broadcast_id).state == "released"  # type: ignore[union-attr]
 
 
+def test_a_broken_broadcast_does_not_stop_the_others(rt: Runtime, fake_twilio: FakeTwilio,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A broadcast an older version stored with a segment no query can carry (a lone surrogate in its tag) is
+    logged and left; the broadcasts after it still go out, and the tick goes on to send."""
+    add_learners(rt, phones("+52551000", 2))
+    broken = create(rt, "Primero")
+    fine = create(rt, "Segundo")
+    with rt.factory() as session:
+        session.execute(update(Broadcast).where(Broadcast.id == broken).values(segment={"tag": "\ud83d"}))
+        session.commit()
+    done = tick(rt, now=NOON_MX, budget=10)
+    assert (done.broadcast_messages, done.sent) == (2, 2)
+    assert [m.body for m in fake_twilio.messages] == ["Segundo", "Segundo"]
+    with rt.factory() as session:
+        assert session.get(Broadcast, fine).state == "released"  # type: ignore[union-attr]
+    assert any(f"broadcast {broken} could not be released" in r.getMessage() for r in caplog.records)
+
+
 # -- WhatsApp's 24-hour window -----------------------------------------------------------------------
 
 
