@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -96,7 +96,7 @@ def session_role(factory: sessionmaker[Session], user_id: int, signed_in_at: dat
         if user is None or user.disabled_at is not None:
             return None
         ended = user.sessions_ended_at
-        if ended is not None and _aware(ended) >= signed_in_at:
+        if ended is not None and ended >= signed_in_at:
             return None
         return user.role
 
@@ -107,10 +107,6 @@ def end_sessions(factory: sessionmaker[Session], user_id: int, now: datetime) ->
         user = session.get(User, user_id)
         if user is not None:
             user.sessions_ended_at = now
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite gives back naive UTC
 
 
 class Throttled(AuthError):

@@ -96,6 +96,15 @@ _LETTER = re.compile(r"^\(?([a-z])\s*[).:\-]?$")
 _NUMBER = re.compile(r"^\(?(\d{1,2})\s*[).:\-]?$")
 
 
+def whole_number(raw: str | None, top: int, lowest: int = 1) -> int | None:
+    """A number a request carries (a button's option, NumMedia, a page, a row id): ASCII digits only, from
+    `lowest` to `top`, else None. "²" and "٣" are digits to str.isdigit() but not to int() or to us."""
+    if not (raw and raw.isascii() and raw.isdigit() and len(raw) <= len(str(top))):
+        return None
+    value = int(raw)
+    return value if lowest <= value <= top else None
+
+
 def parse_choice(text: str, options: list[str]) -> int | None:
     """The 1-based option a reply picks: its number (`2`), letter (`b`, `B)`) or text; None if none."""
     raw = fold(text).strip(" .!¡?¿,;")

@@ -6,6 +6,10 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
 
+from bot.keywords import whole_number
+
+MAX_OPTION = 999  # the highest option number a button of ours could carry
+
 
 @dataclass(frozen=True)
 class Rendered:
@@ -62,9 +66,7 @@ class Sender(Protocol):
 def button_number(payload: str | None) -> int | None:
     """The option number a pressed button carries (we send 1, 2, 3 …), or None for anything else: a payload
     not ours, other digits ("²", "٣"), or a number too long to be an option."""
-    if payload and payload.isascii() and payload.isdigit() and len(payload) <= 3:
-        return int(payload)
-    return None
+    return whole_number(payload, MAX_OPTION)
 
 
 def numbered(text: str, choices: tuple[str, ...]) -> str:

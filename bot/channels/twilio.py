@@ -21,6 +21,7 @@ from twilio.rest import Client
 
 from bot.channels.base import Outgoing, Rendered, SendResult, numbered, split_text
 from bot.config import Settings
+from bot.keywords import whole_number
 
 # Twilio's own client logs every request's parameters (numbers and bodies) at INFO: keep it quieter, in case
 # anything still uses it. PooledHttpClient below logs at DEBUG only, and never a query, a form or a header.
@@ -80,10 +81,9 @@ def parse_inbound(form: Mapping[str, str]) -> TwilioInbound:
     if missing:
         raise BadRequest(f"missing {' and '.join(missing)}")
     channel = "whatsapp" if sender.lower().startswith("whatsapp:") else "sms"
-    media = (form.get("NumMedia") or "0").strip()
-    if not (media.isascii() and media.isdigit() and len(media) <= 3 and int(media) <= MAX_MEDIA):
+    media_count = whole_number((form.get("NumMedia") or "0").strip(), MAX_MEDIA, lowest=0)
+    if media_count is None:
         raise BadRequest(f"NumMedia must be a whole number from 0 to {MAX_MEDIA}")
-    media_count = int(media)
     return TwilioInbound(
         channel=channel,
         message_sid=sid[:64],

@@ -2,7 +2,10 @@
 
 from werkzeug.routing import BaseConverter
 
+from bot.keywords import whole_number
+
 ROW_ID_MAX = 2**31 - 1  # our id columns are INTEGER: a larger id names no row (404, not a database overflow)
+MAX_PAGE = 1_000_000  # list pages: beyond it the offset would pass any table we hold
 
 
 class RowIdConverter(BaseConverter):
@@ -13,17 +16,7 @@ class RowIdConverter(BaseConverter):
     regex = r"\d+"
 
     def to_python(self, value: str) -> int:
-        number = int(value) if len(value) <= len(str(ROW_ID_MAX)) else 0
-        return number if number <= ROW_ID_MAX else 0
+        return whole_number(value, ROW_ID_MAX) or 0
 
     def to_url(self, value: object) -> str:
         return str(value)
-
-
-def whole_number(raw: str | None, top: int) -> int | None:
-    """A query parameter that must be a whole number from 1 to `top` (ASCII digits only), else None."""
-    raw = (raw or "").strip()
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(top))):
-        return None
-    value = int(raw)
-    return value if 1 <= value <= top else None

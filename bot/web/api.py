@@ -19,16 +19,16 @@ from bot import broadcasts, reports
 from bot.catalog import CONTENT_SID
 from bot.config import Settings
 from bot.dispatcher import utcnow
+from bot.keywords import whole_number
 from bot.reports import Conflict, Invalid, Missing
 from bot.runtime import Runtime
-from bot.web import openapi, whole_number
+from bot.web import MAX_PAGE, openapi
 from bot.web.access import api_error, mask_address, require_token
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PER_PAGE, MAX_PER_PAGE = 50, 500
-MAX_PAGE = 1_000_000  # beyond it, the offset would pass any table we hold
 BROADCAST_FIELDS = ("text", "segment", "send_at", "whatsapp_template")
 
 

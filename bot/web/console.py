@@ -34,11 +34,11 @@ from bot import broadcasts, reports
 from bot.auth import LOGIN_WINDOW, Throttled, authenticate, end_sessions
 from bot.catalog import CONTENT_SID
 from bot.channels.console import ConsoleSender
-from bot.channels.telegram import telegram_id_in_range
 from bot.courses import Course
 from bot.dispatcher import utcnow
 from bot.drips import WHATSAPP_WINDOW
 from bot.identity import BadAddress, e164
+from bot.keywords import whole_number
 from bot.models import (
     Answer,
     Enrolment,
@@ -51,7 +51,7 @@ from bot.outbox import Outbox
 from bot.runtime import Runtime
 from bot.services import Envelope, receive
 from bot.sms import analyse
-from bot.web import whole_number
+from bot.web import MAX_PAGE
 from bot.web.access import csrf_ok, csrf_token, mask_address, require_login
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ def learners() -> Any:
         filters = reports.LearnerFilter.parse(request.args, runtime.catalog)
     except reports.Invalid as invalid:
         filters, error = reports.LearnerFilter(), f"{invalid.field}: {invalid}"
-    page = whole_number(request.args.get("page"), 1_000_000) or 1  # a page past it would be empty anyway
+    page = whole_number(request.args.get("page"), MAX_PAGE) or 1
     with runtime.factory() as db:
         # Lists always mask phone numbers, whoever reads them.
         listing = reports.list_learners(db, runtime.catalog, filters, page, PER_PAGE,
@@ -453,7 +453,7 @@ def _parse_composer(form: dict[str, str], runtime: Runtime, now: datetime) -> tu
 
 def _broadcast_page(form: dict[str, str], status: int = 200, **values: Any) -> Any:
     runtime = _runtime()
-    page = whole_number(request.args.get("page"), 1_000_000) or 1  # a page past it would be empty anyway
+    page = whole_number(request.args.get("page"), MAX_PAGE) or 1
     with runtime.factory() as db:
         listing = reports.list_broadcasts(db, page, PER_PAGE)
     return render_template("broadcasts.html", listing=listing, form=form, courses=runtime.catalog.courses,
@@ -568,9 +568,7 @@ def broadcast_cancel(broadcast_id: int) -> Any:
 def _simulated(channel: str, address: str) -> tuple[str, dict[str, Any]]:
     """The envelope address and learner key for a simulated learner; BadAddress when unusable."""
     if channel == "telegram":
-        digits = address.removeprefix("-")
-        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and int(address) != 0
-                and telegram_id_in_range(int(address))):
+        if whole_number(address.removeprefix("-"), 2**63 - 1) is None:  # Telegram's ids fit 64 bits
             raise BadAddress("a Telegram chat id is a whole number (64-bit, not 0)")
         return address, {"telegram_chat_id": int(address)}
     phone = e164(address.removeprefix("whatsapp:"))
